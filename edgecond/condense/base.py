@@ -17,6 +17,7 @@ with all their ``factor**2`` decoded parts.
 
 The engine loop (pseudo code)::
 
+    hooks.bind(syn)                                    # after init or resume, before any step
     for t in range(start, iterations):
         matcher.begin_outer(t); hooks.begin_outer(t)
         for i in range(matcher.inner_steps):
@@ -26,6 +27,7 @@ The engine loop (pseudo code)::
                 opt.zero_grad(); loss.backward()
                 hooks.mask_grad(syn.images.grad)       # default: nothing frozen
                 opt.step(); syn.clamp_()
+                hooks.after_step(syn)                  # MDC: put frozen ranks back (momentum)
             matcher.between_inner(i)                   # e.g. IDC trains its network on real data
         hooks.end_outer(t)                             # MDC: MLS selection every Δt
         maybe checkpoint (atomic) including matcher.state_dict() and hooks.state_dict()
@@ -167,6 +169,10 @@ class Matcher(Method):
 class EngineHooks:
     """Default hooks: the plain (single-size) condensation. MDC overrides these."""
 
+    def bind(self, syn: SyntheticSet) -> None:
+        """Called once by the engine with the synthetic set, after it is initialised (or restored
+        from a checkpoint) and before the first image update."""
+
     def begin_outer(self, t: int) -> None:
         pass
 
@@ -178,6 +184,11 @@ class EngineHooks:
 
     def mask_grad(self, grad: torch.Tensor | None) -> None:
         pass
+
+    def after_step(self, syn: SyntheticSet) -> None:
+        """Called after every ``opt.step(); syn.clamp_()``. ``mask_grad`` zeroes the gradient of
+        frozen ranks, but optimiser momentum (or weight decay) would still move them; MDC copies
+        the frozen ranks back here so they stay bitwise unchanged."""
 
     def end_outer(self, t: int) -> None:
         pass

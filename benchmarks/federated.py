@@ -1,0 +1,301 @@
+"""Federated benchmark: FedAvg on non-IID clients, with and without a shipped condensed buffer.
+
+Arms (same partition, same budget trace, same initial model, same client seeds):
+
+* ``none``        FedAvg, no shared data (buffer-mode ``off``);
+* ``random``      random real images per class, shipped as a buffer of the same format/bytes;
+* ``baseline-c``  plain condensation (IDC, no multisize hooks) cut to prefixes;
+* ``mdc``         multisize condensation (IDC + MDC hooks): every prefix trained to be good.
+
+Every round each client's budget comes from the same fluctuating trace; the server ships the
+largest prefix that fits and only the ranks the client lacks (``edgecond.federated.Shipper``),
+the client trains on local + condensed data (``clients.task.client_round``) and FedAvg
+aggregates (``flwr.serverapp.strategy`` ``aggregate_arrayrecords``, the function Flower's FedAvg
+uses). The rounds are driven **in-process** — the same functions the ServerApp/ClientApp call,
+without Flower's simulation engine (Ray start-up per arm would dominate a CPU benchmark). The apps
+themselves run under ``flwr run`` (tests/test_flower_sim.py).
+
+Usage::
+
+    python benchmarks/federated.py --dataset digits --preset quick --out runs/bench-federated
+
+Writes ``OUT/federated.json`` (arms ``none``, ``random``, ``baseline-c``, ``mdc``, each with
+per-round ``accuracy`` and ``bytes`` lists), ``OUT/federated.md`` and ``OUT/federated.png``.
+Condensed buffers are cached in ``OUT/buffers/`` (reused when present).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+ARMS = ("none", "random", "baseline-c", "mdc")
+
+PRESETS = {
+    # CPU minutes on digits: 10 clients, Dirichlet 0.1, ~2 ranks median budget per round
+    "quick": dict(rounds=20, clients=10, alpha=0.1, local_epochs=1, lr=0.05, batch_size=32,
+                  model="convnet", model_width=32, ipc=10, condense_preset="quick",
+                  condense_method="idc", budget="lognormal:median=2kB,sigma=0.5,seed=0",
+                  seeds=(0,)),
+    "paper": dict(rounds=50, clients=20, alpha=0.1, local_epochs=2, lr=0.05, batch_size=32,
+                  model="convnet", model_width=128, ipc=20, condense_preset="paper",
+                  condense_method="idc", budget="lognormal:median=4kB,sigma=0.5,seed=0",
+                  seeds=(0, 1, 2)),
+}
+
+
+def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, device: str,
+                  log) -> dict:
+    """``{arm: (path, seconds)}`` for the three shipping arms (cached on disk)."""
+    from edgecond.buffer import MultisizeBuffer
+    from edgecond.condense.engine import condense, condense_preset
+    from edgecond.data import load_dataset
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = None
+    plans = {
+        "random": ("random", "none", "quick"),
+        "baseline-c": (preset["condense_method"], "none", preset["condense_preset"]),
+        "mdc": (preset["condense_method"], "mdc", preset["condense_preset"]),
+    }
+    result = {}
+    for arm, (method, hooks, cpreset) in plans.items():
+        path = out_dir / f"{dataset_name}-{arm}-ipc{preset['ipc']}-s{seed}.safetensors"
+        if path.is_file():
+            MultisizeBuffer.load(path)  # validates
+            result[arm] = (path, None)
+            log(f"[buffers] {arm}: reusing {path}")
+            continue
+        dataset = dataset or load_dataset(dataset_name)
+        cfg = condense_preset(method, cpreset, dataset_name, ipc=preset["ipc"], hooks=hooks, seed=seed)
+        t0 = time.perf_counter()
+        res = condense(dataset, cfg, device=device, progress=False)
+        res.buffer.save(path)
+        result[arm] = (path, time.perf_counter() - t0)
+        log(f"[buffers] {arm}: {method}/{cpreset} hooks={hooks} ipc={cfg.ipc} "
+            f"{cfg.iterations} it in {result[arm][1]:.1f} s -> {path}")
+    return result
+
+
+def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
+    """FedAvg rounds for one arm, driven in-process through the apps' functions."""
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    from clients import task
+    from edgecond.federated import PrefixCache, Shipper, make_budget_reply, parse_trace, read_transfer
+
+    dataset = task.load_data(fcfg.dataset)
+    net = task.build_net(fcfg, dataset)
+    arrays = task.state_to_numpy(net)
+    trace = parse_trace(fcfg.budget_trace)
+    shipper = Shipper(buffer, buffer_mode=fcfg.buffer_mode) if buffer is not None else None
+    caches = {c: PrefixCache() for c in range(fcfg.num_partitions)}
+    indices = {c: task.partition_indices(dataset.y_train.numpy(), c, fcfg.num_partitions,
+                                         partitioner=fcfg.partitioner, alpha=fcfg.dirichlet_alpha,
+                                         seed=fcfg.seed)
+               for c in range(fcfg.num_partitions)}
+    acc0 = task.central_evaluate(fcfg, arrays)["test-acc"]
+    out = {"accuracy": [], "bytes": [], "cumulative_bytes": [], "mean_ipc": [], "initial_accuracy": acc0}
+    t0 = time.perf_counter()
+    total = 0
+    for rnd in range(1, rounds + 1):
+        replies, sent, ipcs = [], 0, []
+        for c in range(fcfg.num_partitions):
+            budget = int(trace.budget(c, rnd))
+            cache = caches[c]
+            if shipper is not None:
+                plan, payload, records = shipper.handle(
+                    rnd, str(c), make_budget_reply(budget, cache.ipc, cache.digest))
+                transfer, received = read_transfer(RecordDict(records))
+                sent += plan.nbytes
+            else:
+                transfer, received = {"kind": "none", "budget": budget, "buffer-mode": "off"}, b""
+            res = task.client_round(fcfg, partition_id=c, num_partitions=fcfg.num_partitions, rnd=rnd,
+                                    arrays=arrays, cache=cache, transfer=transfer, payload=received,
+                                    indices=indices[c])
+            ipcs.append(res.metrics["ipc-used"])
+            replies.append(RecordDict({
+                "arrays": ArrayRecord({k: Array(v) for k, v in res.arrays.items()}),
+                "metrics": MetricRecord({"num-examples": res.num_examples}),
+            }))
+        agg = aggregate_arrayrecords(replies, "num-examples")
+        arrays = {k: v.numpy() for k, v in agg.items()}
+        acc = task.central_evaluate(fcfg, arrays)["test-acc"]
+        total += sent
+        out["accuracy"].append(round(float(acc), 4))
+        out["bytes"].append(int(sent))
+        out["cumulative_bytes"].append(int(total))
+        out["mean_ipc"].append(float(np.mean(ipcs)))
+        log(f"[{arm}] round {rnd:3d}: acc {acc:.4f}  sent {sent:6d} B (total {total:7d})  "
+            f"mean ipc {np.mean(ipcs):.1f}  {time.perf_counter() - t0:.0f} s")
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def rounds_to_reach(acc: list[float], target: float) -> int | None:
+    for i, a in enumerate(acc, 1):
+        if a >= target:
+            return i
+    return None
+
+
+def summarize(results: dict) -> list[dict]:
+    none_final = results["none"]["accuracy"][-1]
+    rows = []
+    for arm in ARMS:
+        r = results[arm]
+        rows.append({
+            "arm": arm,
+            "final_accuracy": r["accuracy"][-1],
+            "best_accuracy": max(r["accuracy"]),
+            "rounds_to_none_final": rounds_to_reach(r["accuracy"], none_final),
+            "total_bytes": r["cumulative_bytes"][-1],
+            "wall_s": r["seconds"],
+        })
+    return rows
+
+
+def write_outputs(out: Path, payload: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "federated.json").write_text(json.dumps(payload, indent=2))
+    lines = [
+        f"# Federated benchmark: {payload['dataset']} ({payload['preset']})", "",
+        f"{payload['config']['clients']} clients, Dirichlet alpha={payload['config']['alpha']}, "
+        f"{payload['config']['rounds']} rounds, budget trace `{payload['config']['budget']}`, "
+        f"seed(s) {payload['config']['seeds']}.", "",
+        "| arm | final acc | best acc | rounds to none's final | total bytes | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in payload["summary"]:
+        lines.append(f"| {row['arm']} | {row['final_accuracy']:.4f} | {row['best_accuracy']:.4f} | "
+                     f"{row['rounds_to_none_final'] if row['rounds_to_none_final'] is not None else '—'} | "
+                     f"{row['total_bytes']} | {row['wall_s']} |")
+    (out / "federated.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm in ARMS:
+        r = payload["arms"][arm]
+        xs = np.arange(1, len(r["accuracy"]) + 1)
+        a1.plot(xs, r["accuracy"], marker=".", label=arm)
+        a2.plot(np.asarray(r["cumulative_bytes"]) / 1000, r["accuracy"], marker=".", label=arm)
+    a1.set_xlabel("round"), a1.set_ylabel("test accuracy"), a1.grid(alpha=0.3), a1.legend()
+    a2.set_xlabel("buffer kB shipped (cumulative, all clients)"), a2.set_ylabel("test accuracy")
+    a2.grid(alpha=0.3), a2.legend()
+    fig.suptitle(f"{payload['dataset']}: FedAvg, {payload['config']['clients']} clients, "
+                 f"Dirichlet {payload['config']['alpha']}")
+    fig.tight_layout()
+    fig.savefig(out / "federated.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    p.add_argument("--out", default="runs/bench-federated")
+    p.add_argument("--buffers-dir", default=None, help="where condensed buffers are cached (default OUT/buffers)")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--clients", type=int, default=None)
+    p.add_argument("--budget", default=None, help="budget trace spec (default: the preset's)")
+    p.add_argument("--seeds", default=None, help="comma list (default: the preset's)")
+    p.add_argument("--buffer-mode", default="mix", choices=["mix", "warmup"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from edgecond.buffer import MultisizeBuffer
+    from edgecond.federated import FederatedConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = dict(PRESETS[args.preset])
+    for key in ("rounds", "clients", "budget"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    if args.seeds:
+        preset["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "federated.log", "a")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+    t_all = time.perf_counter()
+    per_seed = []
+    buffer_info = {}
+    for seed in preset["seeds"]:
+        buffers = build_buffers(args.dataset, preset, Path(args.buffers_dir or out / "buffers"),
+                                seed=seed, device=args.device, log=log)
+        buffer_info[seed] = {arm: {"path": str(pth), "condense_s": s} for arm, (pth, s) in buffers.items()}
+        results = {}
+        for arm in ARMS:
+            fcfg = FederatedConfig(
+                dataset=args.dataset, model=preset["model"], model_width=preset["model_width"],
+                buffer_mode="off" if arm == "none" else args.buffer_mode,
+                budget_trace=preset["budget"], local_epochs=preset["local_epochs"], lr=preset["lr"],
+                batch_size=preset["batch_size"], dirichlet_alpha=preset["alpha"],
+                num_partitions=preset["clients"], seed=seed, device=args.device).validate()
+            buf = None if arm == "none" else MultisizeBuffer.load(buffers[arm][0])
+            results[arm] = run_arm(arm, buf, fcfg, rounds=preset["rounds"], log=log)
+            if buf is not None:
+                results[arm]["buffer"] = {"path": str(buffers[arm][0]), "ipc": buf.ipc,
+                                          "bytes_for": [buf.bytes_for(n) for n in range(1, buf.ipc + 1)],
+                                          "method": buf.meta.method}
+        per_seed.append(results)
+
+    arms = {}
+    for arm in ARMS:
+        accs = np.array([r[arm]["accuracy"] for r in per_seed])
+        byts = np.array([r[arm]["bytes"] for r in per_seed])
+        cum = np.array([r[arm]["cumulative_bytes"] for r in per_seed])
+        arms[arm] = {
+            "accuracy": [round(float(a), 4) for a in accs.mean(0)],
+            "accuracy_std": [round(float(a), 4) for a in accs.std(0)],
+            "bytes": [int(b) for b in byts.mean(0).round()],
+            "cumulative_bytes": [int(b) for b in cum.mean(0).round()],
+            "mean_ipc": [round(float(v), 2) for v in np.mean([r[arm]["mean_ipc"] for r in per_seed], 0)],
+            "seconds": round(float(np.sum([r[arm]["seconds"] for r in per_seed])), 1),
+            "per_seed": [r[arm] for r in per_seed],
+        }
+    payload = {
+        "dataset": args.dataset, "preset": args.preset,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in preset.items()},
+        "buffer_mode": args.buffer_mode,
+        "driver": "in-process (edgecond.federated.Shipper + clients.task.client_round + flwr aggregate_arrayrecords)",
+        "buffers": {str(k): v for k, v in buffer_info.items()},
+        "arms": arms,
+        "wall_s": round(time.perf_counter() - t_all, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    payload["summary"] = summarize(arms)
+    write_outputs(out, payload)
+    log(f"done in {payload['wall_s']:.0f} s -> {out / 'federated.json'}")
+    for row in payload["summary"]:
+        log(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Flower ClientApp: answers budget queries, caches the received prefix, trains, evaluates.
+
+Thin adapter over :mod:`clients.task` and :mod:`edgecond.federated`. Node config
+(``--node-config`` in a deployment; set automatically in simulation):
+``partition-id``, ``num-partitions`` and optionally ``budget-trace`` (overrides the run config's).
+
+``context.state`` keeps, across rounds: the received prefix (``edgecond-cache``, raw bytes of a
+valid buffer file in an ``ArrayRecord``, with its ipc/id in ``edgecond-cache-meta``) and the
+partition's indices (``edgecond-partition``). The budget query path imports no torch, so a
+deployment's per-message ClientApp process answers it quickly.
+"""
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from edgecond.errors import FederatedError
+from edgecond.federated import (
+    PrefixCache,
+    config_from_run_config,
+    make_budget_reply,
+    parse_faults,
+    parse_trace,
+    read_transfer,
+)
+
+app = ClientApp()
+
+PARTITION_RECORD = "edgecond-partition"
+
+
+def _node(context: Context, cfg) -> tuple[int, int]:
+    nc = context.node_config
+    if "partition-id" not in nc:
+        raise FederatedError(
+            "this SuperNode has no 'partition-id' in its node config; start it with "
+            "--node-config 'partition-id=0 num-partitions=N'."
+        )
+    return int(nc["partition-id"]), int(nc.get("num-partitions", cfg.num_partitions))
+
+
+def _round(msg: Message) -> int:
+    config = msg.content.get("config")
+    return int(config["server-round"]) if config is not None and "server-round" in config else 0
+
+
+def _indices(context: Context, cfg, pid: int, num: int) -> np.ndarray:
+    """The partition's training indices, computed once (flwr-datasets) and kept in context.state."""
+    from clients import task
+
+    if PARTITION_RECORD in context.state:
+        return context.state[PARTITION_RECORD]["indices"].numpy()
+    dataset = task.load_data(cfg.dataset)
+    idx = task.partition_indices(dataset.y_train.numpy(), pid, num, partitioner=cfg.partitioner,
+                                 alpha=cfg.dirichlet_alpha, seed=cfg.seed)
+    context.state[PARTITION_RECORD] = ArrayRecord({"indices": Array(np.asarray(idx, dtype=np.int64))})
+    return idx
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Reply with this round's bandwidth budget and what the prefix cache holds."""
+    cfg = config_from_run_config(context.run_config)
+    pid, _ = _node(context, cfg)
+    trace = parse_trace(str(context.node_config.get("budget-trace", cfg.budget_trace)))
+    cache = PrefixCache.from_state(context.state)
+    budget = int(trace.budget(pid, _round(msg)))
+    return Message(make_budget_reply(budget, cache.ipc, cache.digest), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Apply the transfer to the cache, train locally, return weights + metrics."""
+    from clients import task
+
+    cfg = config_from_run_config(context.run_config)
+    pid, num = _node(context, cfg)
+    rnd = _round(msg)
+    if rnd in parse_faults(cfg.fault_crash).get(pid, set()):
+        raise RuntimeError(f"fault-crash: partition {pid} crashes in round {rnd} (injected)")
+    config = msg.content.get("config") or {}
+    transfer, payload = read_transfer(msg.content)
+    cache = PrefixCache.from_state(context.state)
+    result = task.client_round(
+        cfg, partition_id=pid, num_partitions=num, rnd=rnd,
+        arrays={k: v.numpy() for k, v in msg.content["arrays"].items()},
+        cache=cache, transfer=transfer, payload=payload,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        indices=_indices(context, cfg, pid, num),
+    )
+    cache.to_state(context.state)
+    metrics = MetricRecord({"num-examples": result.num_examples, **result.metrics})
+    arrays = ArrayRecord({k: Array(v) for k, v in result.arrays.items()})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on the local held-out split."""
+    from clients import task
+
+    cfg = config_from_run_config(context.run_config)
+    pid, num = _node(context, cfg)
+    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    n, metrics = task.client_evaluate(cfg, partition_id=pid, num_partitions=num, arrays=arrays,
+                                      indices=_indices(context, cfg, pid, num))
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": n, **metrics})}), reply_to=msg)

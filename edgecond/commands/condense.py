@@ -1,0 +1,187 @@
+"""``edgecond condense ...`` (real dataset → multisize buffer) and ``edgecond evaluate BUFFER ...``.
+
+Thin: parsing and printing only; the work is :func:`edgecond.condense.condense` and
+:func:`edgecond.evaluate.evaluate_buffer`. Torch is imported inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+METHOD_HELP = "idc | idm | dm | random | herding (see `edgecond condense --list`)"
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_sets(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. --set inner_steps=20).")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "condense",
+        help="condense a dataset into one multisize buffer (idc, idm, dm, random, herding)",
+        description="Condense the training split of a dataset into ONE multisize buffer whose first n "
+                    "images per class are a training set for every n. Presets: quick (CPU minutes on "
+                    "digits) and paper (the published settings). Checkpoints are written atomically "
+                    "every --checkpoint-every outer iterations; --resume continues a killed run.",
+    )
+    p.add_argument("--dataset", default="digits", help="dataset name (digits, cifar10, imagefolder:PATH, ...)")
+    p.add_argument("--data-root", default=None, help="root folder of dataset files")
+    p.add_argument("--method", default=None, help=METHOD_HELP)
+    p.add_argument("--ipc", type=int, default=10, help="stored images per class N (default 10)")
+    p.add_argument("--factor", type=int, default=None, help="multi-formation factor (default: the preset's)")
+    p.add_argument("--preset", default="quick", help="quick | paper (default quick)")
+    p.add_argument("--iterations", type=int, default=None, help="outer iterations (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-offset", type=int, default=None, help="which block of real images initialises")
+    p.add_argument("--dtype", default=None, help="buffer storage: uint8 (default) | float16 | float32")
+    p.add_argument("--hooks", default=None, help="none | mdc (multisize wrapper)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config or method field, e.g. --set inner_steps=20 (repeatable; JSON values)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUTPUT.ckpt)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="outer iterations between checkpoints")
+    p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
+    p.add_argument("--log", default=None, help="JSON-lines log of the losses (default: OUTPUT.log.jsonl)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR", help="also log to TensorBoard in DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list", action="store_true", help="list the methods and exit")
+    p.add_argument("-o", "--output", default=None, help="output buffer file (.safetensors)")
+    p.set_defaults(handler=cmd_condense)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="train from scratch on prefixes of a buffer; print accuracy per size",
+        description="Train fresh models on the first n images per class of BUFFER for each requested "
+                    "size and report test accuracy (mean ± std over seeds) and bytes. --write-back "
+                    "stores the table in the buffer's metadata.",
+    )
+    p.add_argument("buffer", metavar="BUFFER", help="buffer file (.safetensors)")
+    p.add_argument("--dataset", default=None, help="dataset to test on (default: the buffer's)")
+    p.add_argument("--data-root", default=None, help="root folder of dataset files")
+    p.add_argument("--sizes", default=None, help="comma list of sizes or 'all' (default 1,2,5,10,... up to N)")
+    p.add_argument("--model", default=None, help="evaluation model (default convnet)")
+    p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..K-1; default 3)")
+    p.add_argument("--preset", default="quick", help="quick (300 epochs) | paper (1000 epochs)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the table as JSON")
+    p.add_argument("--write-back", action="store_true", help="store the accuracy table in the buffer")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_condense(args: argparse.Namespace) -> int:
+    from ..condense import condense, condense_preset, list_methods
+    from ..utils import set_cpu_threads
+
+    if args.list:
+        for m in list_methods():
+            print(f"{m['name']:<10} {m['kind']:<9} presets: {m['presets']:<13} {m['description']}")
+        return 0
+    if not args.method:
+        raise ConfigError(f"--method is required; expected one of {METHOD_HELP}.")
+    if not args.output:
+        raise ConfigError("-o/--output is required: the buffer file to write (e.g. -o digits-idc.safetensors).")
+    from ..data import load_dataset
+
+    set_cpu_threads()
+    overrides = _parse_sets(args.set)
+    for key in ("factor", "iterations", "dtype", "hooks"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    if args.init_offset is not None:
+        overrides["init_offset"] = args.init_offset
+    config = condense_preset(args.method, args.preset, args.dataset, ipc=args.ipc, seed=args.seed, **overrides)
+    dataset = load_dataset(args.dataset, root=args.data_root)
+    out = Path(args.output)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    log_path = Path(args.log) if args.log else out.with_name(out.name + ".log.jsonl")
+    result = condense(dataset, config, device=args.device, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
+                      resume=args.resume, log_path=log_path, progress=not args.no_progress,
+                      tensorboard_dir=args.tensorboard)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    nbytes = result.buffer.save(tmp)
+    os.replace(tmp, out)
+    if ckpt.exists() and not args.keep_checkpoint:
+        ckpt.unlink()
+    spi = result.seconds_per_iteration
+    spi_s = "" if spi != spi else f", {spi:.3f} s/iteration"
+    print(f"wrote {out} ({nbytes} bytes): {config.method} ipc {config.ipc} factor {config.factor} on "
+          f"{dataset.name} in {result.seconds:.1f} s{spi_s}")
+    return 0
+
+
+def _sizes(text: str | None, ipc: int) -> list[int]:
+    if text is None:
+        ladder = [n for n in (1, 2, 5, 10, 20, 50, 100, 200, 500) if n < ipc]
+        return ladder + [ipc]
+    if text.strip().lower() == "all":
+        return list(range(1, ipc + 1))
+    try:
+        sizes = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise ConfigError(f"--sizes {text!r}: expected a comma list of integers (e.g. 1,2,5) or 'all'.") from None
+    bad = [n for n in sizes if not 1 <= n <= ipc]
+    if bad or not sizes:
+        raise ConfigError(f"--sizes {text!r}: sizes must be in 1..{ipc} (the buffer's images per class).")
+    return sizes
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..buffer import MultisizeBuffer
+    from ..data import load_dataset
+    from ..evaluate import eval_preset, evaluate_buffer
+    from ..utils import set_cpu_threads
+
+    set_cpu_threads()
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: expected an integer >= 1.")
+    buf = MultisizeBuffer.load(args.buffer, mmap=False)
+    sizes = _sizes(args.sizes, buf.ipc)
+    name = args.dataset or buf.meta.dataset
+    dataset = load_dataset(name, root=args.data_root)
+    overrides = {}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.model is not None:
+        overrides["model"] = args.model
+    config = eval_preset(args.preset, **overrides)
+    results = evaluate_buffer(buf, dataset, config, sizes=sizes, seeds=list(range(args.seeds)),
+                              device=args.device, progress=not args.no_progress)
+    print(f"{args.buffer}: {buf.meta.method} on {dataset.name}, eval {config.model} {config.epochs} epochs, "
+          f"{args.seeds} seed(s)")
+    print(f"{'size':>6}  {'bytes':>10}  accuracy")
+    for r in results:
+        print(f"{r.size:>6}  {r.bytes:>10}  {100 * r.mean:6.2f} ± {100 * r.std:.2f} %")
+    if args.json:
+        payload = {"buffer": str(args.buffer), "dataset": dataset.name, "eval_config": config.to_dict(),
+                   "results": [r.to_dict() for r in results]}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    if args.write_back:
+        path = Path(args.buffer)
+        tmp = path.with_name(path.name + ".tmp")
+        buf.with_accuracy(results).save(tmp)
+        os.replace(tmp, path)
+        print(f"accuracy table written into {path}", file=sys.stderr)
+    return 0

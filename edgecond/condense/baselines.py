@@ -1,0 +1,522 @@
+"""Multisize baselines A, B, C, MDC and random real images as ONE protocol, and its report.
+
+The subset-degradation protocol (multisize-dataset-condensation.md, Sec. 3.2 and Table 1) asks
+for a training set of every size ``n = 1..N`` images per class from each method, then trains a
+model from scratch on each with the same evaluation config and seeds:
+
+* ``random``: ``N`` random real images per class (the ``random`` selector), cut to prefixes;
+* ``A`` (``C_n^[n]``): a separate condensation to every size ``n``; N buffers holding
+  ``1 + 2 + … + N`` images per class — each size is reported from its own condensation;
+* ``B`` (``C_n^n``): ``N`` size-1 condensations started from different (disjoint) real images,
+  concatenated in order into one buffer, cut to prefixes;
+* ``C`` (``C_1^[N]``): one condensation to ``N``, cut to prefixes;
+* ``MDC``: one condensation to ``N`` with the multisize hooks (:mod:`.multisize`), cut to prefixes.
+
+Identical runs are not repeated: A's size-``N`` condensation *is* C, and A's size-1
+condensation *is* B's first run (same seed and initial image), as in the paper's Table 1 (†).
+Training sets that are bitwise identical are evaluated once.
+
+:func:`run_subset_degradation` runs everything and returns a :class:`SubsetDegradationResult`
+that writes ``subset_degradation.json``, ``.md`` (Table-1 layout) and ``.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .multisize import mdc_preset
+
+__all__ = [
+    "METHOD_KEYS",
+    "SubsetDegradationConfig",
+    "MethodSets",
+    "SubsetDegradationResult",
+    "concat_size_one",
+    "baseline_a",
+    "baseline_b",
+    "baseline_c",
+    "mdc_condense",
+    "random_real",
+    "holdout_split",
+    "run_subset_degradation",
+    "measure_cost_ratio",
+]
+
+log = logging.getLogger(__name__)
+
+METHOD_KEYS: tuple[str, ...] = ("random", "A", "B", "C", "MDC")
+
+
+@dataclass
+class SubsetDegradationConfig:
+    """One benchmark run (defaults: digits, IDC, IPC10, quick presets, 3 evaluation seeds).
+
+    Attributes:
+        dataset: dataset name for :func:`edgecond.data.load_dataset`.
+        base: base matcher of A, B, C and MDC (``idc`` or ``idm``; any registered matcher works).
+        ipc: ``N``, the largest size.
+        preset: condensation preset of the base matcher and of MDC (``quick`` | ``paper``).
+        eval_preset: evaluation preset (default: same name as ``preset``).
+        eval_overrides: :class:`~edgecond.evaluate.EvalConfig` fields to override (e.g. epochs).
+        seeds: evaluation seeds (the same for every method and size).
+        seed: condensation seed (B's run ``k`` uses ``seed + k``).
+        methods: which of :data:`METHOD_KEYS` to run.
+        condense_overrides: :class:`~edgecond.condense.CondenseConfig` / method fields applied to
+            every condensation (e.g. ``{"iterations": 30}``).
+        mdc: :class:`~edgecond.condense.multisize.MDCConfig` overrides on top of the MDC preset.
+        device: torch device for condensation and evaluation.
+    """
+
+    dataset: str = "digits"
+    base: str = "idc"
+    ipc: int = 10
+    preset: str = "quick"
+    eval_preset: str | None = None
+    eval_overrides: dict = field(default_factory=dict)
+    seeds: Sequence[int] = (0, 1, 2)
+    seed: int = 0
+    methods: Sequence[str] = METHOD_KEYS
+    condense_overrides: dict = field(default_factory=dict)
+    mdc: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+    def validate(self) -> "SubsetDegradationConfig":
+        if int(self.ipc) < 1:
+            raise ConfigError(f"ipc={self.ipc!r}; expected an integer >= 1 (the largest size N).")
+        bad = [m for m in self.methods if m not in METHOD_KEYS]
+        if bad or not self.methods:
+            raise ConfigError(
+                f"methods={list(self.methods)!r}; expected a non-empty subset of {list(METHOD_KEYS)}."
+            )
+        if not list(self.seeds):
+            raise ConfigError("seeds is empty; expected at least one evaluation seed (e.g. 0 1 2).")
+        return self
+
+
+@dataclass
+class MethodSets:
+    """The training sets of one method: ``sets[n] = (x, y, bytes)`` for every size ``n``.
+
+    ``x`` is pixel space ``[M, C, H, W]``, ``y`` int64 ``[M]``; ``bytes`` is what a client
+    downloads for that size. ``storage_bytes`` is what the server stores for all sizes;
+    ``condense_seconds`` the condensation time it took (reused runs counted once per method that
+    needs them); ``runs`` how many condensations the method needs.
+    """
+
+    name: str
+    sets: dict[int, tuple[torch.Tensor, torch.Tensor, int]]
+    storage_bytes: int
+    condense_seconds: float
+    runs: int
+    buffers: list[Any] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# condensation helpers
+
+
+def _prefix_sets(buffer: Any, sizes: Sequence[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor, int]]:
+    out = {}
+    for n in sizes:
+        x, y = buffer.training_arrays(int(n))
+        out[int(n)] = (
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+            int(buffer.bytes_for(int(n))),
+        )
+    return out
+
+
+def _full_bytes(buffer: Any) -> int:
+    return int(buffer.bytes_for(int(buffer.ipc)))
+
+
+def concat_size_one(images: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
+    """Baseline B's assembly: ``N`` class-major ``[K, 1, C, H, W]`` results → ``[K, N, C, H, W]``.
+
+    Run ``k`` becomes rank ``k`` of every class (the order the runs were made in).
+    """
+    arrays = [np.asarray(im.detach().cpu().numpy() if isinstance(im, torch.Tensor) else im) for im in images]
+    if not arrays:
+        raise ConfigError("no size-1 condensations to concatenate; expected N >= 1 results.")
+    shape = arrays[0].shape
+    for i, a in enumerate(arrays):
+        if a.ndim != 5 or a.shape[1] != 1 or a.shape != shape:
+            raise ConfigError(
+                f"size-1 result {i} has shape {a.shape}; expected [K, 1, C, H, W] like result 0 {shape}."
+            )
+    return np.concatenate(arrays, axis=1).astype(np.float32)
+
+
+def _config(cfg: SubsetDegradationConfig, method: str, ipc: int, **extra: Any):
+    from . import condense_preset
+
+    overrides = dict(cfg.condense_overrides)
+    overrides.update(extra)
+    overrides.setdefault("seed", int(cfg.seed))
+    return condense_preset(method, cfg.preset, cfg.dataset, ipc=int(ipc), **overrides)
+
+
+def _run(dataset, config, *, device: str, progress: bool, hooks=None):
+    from . import condense
+
+    return condense(dataset, config, device=device, progress=progress, hooks=hooks)
+
+
+def baseline_c(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True, _result=None) -> tuple[MethodSets, Any]:
+    """Baseline C: one condensation to ``N``, cut to prefixes. Also returns the raw result."""
+    r = _result or _run(dataset, _config(cfg, cfg.base, cfg.ipc), device=cfg.device, progress=progress)
+    sizes = range(1, int(cfg.ipc) + 1)
+    ms = MethodSets("C", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, 1, [r.buffer],
+                    {"seconds_per_iteration": r.seconds_per_iteration})
+    return ms, r
+
+
+def mdc_condense(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True) -> tuple[MethodSets, Any]:
+    """MDC: one condensation to ``N`` with the multisize hooks, cut to prefixes."""
+    hooks_config = mdc_preset(cfg.preset, cfg.dataset)
+    hooks_config.update(cfg.mdc)
+    config = _config(cfg, cfg.base, cfg.ipc, hooks="mdc", hooks_config=hooks_config)
+    r = _run(dataset, config, device=cfg.device, progress=progress)
+    sizes = range(1, int(cfg.ipc) + 1)
+    mdc_meta = dict(r.buffer.meta.extra.get("mdc", {})) if hasattr(r.buffer.meta, "extra") else {}
+    ms = MethodSets("MDC", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, 1, [r.buffer],
+                    {"seconds_per_iteration": r.seconds_per_iteration, "mdc": mdc_meta})
+    return ms, r
+
+
+def baseline_b(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
+               on_run: Callable[[int, Any], None] | None = None) -> tuple[MethodSets, list[Any]]:
+    """Baseline B: ``N`` size-1 condensations from disjoint initial real images, concatenated.
+
+    Run ``k`` uses seed ``seed + k`` and the initial images at position ``k`` of the same
+    per-class permutation (``init_seed = seed``, ``init_offset = k``), so its starting image is
+    the rank-``k`` image C and MDC start from.
+    """
+    from ..buffer import MultisizeBuffer
+
+    results, seconds = [], 0.0
+    for k in range(int(cfg.ipc)):
+        config = _config(cfg, cfg.base, 1, seed=int(cfg.seed) + k, init_seed=int(cfg.seed), init_offset=k)
+        r = _run(dataset, config, device=cfg.device, progress=progress)
+        results.append(r)
+        seconds += r.seconds
+        if on_run is not None:
+            on_run(k, r)
+    images = concat_size_one([r.images for r in results])
+    first = results[0]
+    buf = MultisizeBuffer.from_class_major(
+        images,
+        class_names=list(dataset.class_names),
+        dataset=dataset.name,
+        mean=list(dataset.mean),
+        std=list(dataset.std),
+        factor=int(first.config.factor),
+        method=f"baseline-b/{cfg.base}",
+        config={"runs": int(cfg.ipc), "run_config": json.loads(json.dumps(dataclasses.asdict(first.config), default=str))},
+        dtype=str(first.config.dtype),
+    )
+    sizes = range(1, int(cfg.ipc) + 1)
+    return MethodSets("B", _prefix_sets(buf, sizes), _full_bytes(buf), seconds, int(cfg.ipc), [buf]), results
+
+
+def baseline_a(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
+               reuse: dict[int, Any] | None = None) -> MethodSets:
+    """Baseline A: a separate condensation for every size ``n = 1..N``; size ``n`` is reported
+    from its own buffer. ``reuse`` maps a size to an existing identical run (C for ``N``, B's
+    first run for 1); their time still counts toward A's condensation time."""
+    reuse = dict(reuse or {})
+    sets, buffers, seconds, storage = {}, [], 0.0, 0
+    for n in range(1, int(cfg.ipc) + 1):
+        r = reuse.get(n) or _run(dataset, _config(cfg, cfg.base, n), device=cfg.device, progress=progress)
+        seconds += r.seconds
+        buffers.append(r.buffer)
+        storage += _full_bytes(r.buffer)
+        sets[n] = _prefix_sets(r.buffer, [n])[n]
+    return MethodSets("A", sets, storage, seconds, int(cfg.ipc), buffers, {"reused_sizes": sorted(reuse)})
+
+
+def random_real(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True) -> MethodSets:
+    """``N`` random real images per class (the ``random`` selector), cut to prefixes."""
+    from . import condense_preset
+
+    config = condense_preset("random", "quick", cfg.dataset, ipc=int(cfg.ipc), seed=int(cfg.seed))
+    r = _run(dataset, config, device=cfg.device, progress=progress)
+    sizes = range(1, int(cfg.ipc) + 1)
+    return MethodSets("random", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, 0, [r.buffer])
+
+
+# --------------------------------------------------------------------------------------------
+# validation split (for tuning: never tune on test)
+
+
+def holdout_split(dataset, *, per_class: int = 30, seed: int = 0):
+    """A copy of ``dataset`` whose *test* split is ``per_class`` images per class carved from
+    TRAIN (and removed from its train split). Use it to tune settings; the real test split is
+    not touched."""
+    from ..data import ImageDataset
+
+    gen = torch.Generator().manual_seed(int(seed))
+    keep, hold = [], []
+    for c, idx in enumerate(dataset.class_indices()):
+        if len(idx) <= per_class:
+            raise ConfigError(
+                f"class {c} of {dataset.name!r} has {len(idx)} training images; cannot hold out "
+                f"{per_class} for validation. Pass a smaller per_class."
+            )
+        perm = idx[torch.randperm(len(idx), generator=gen)]
+        hold.append(perm[:per_class])
+        keep.append(perm[per_class:])
+    keep_i, hold_i = torch.cat(keep).sort().values, torch.cat(hold).sort().values
+    return ImageDataset(
+        name=f"{dataset.name}-val",
+        x_train=dataset.x_train[keep_i].clone(),
+        y_train=dataset.y_train[keep_i].clone(),
+        x_test=dataset.x_train[hold_i].clone(),
+        y_test=dataset.y_train[hold_i].clone(),
+        class_names=list(dataset.class_names),
+        mean=tuple(dataset.mean),
+        std=tuple(dataset.std),
+        source=f"{dataset.source} (validation: {per_class}/class held out of train, seed {seed})",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the protocol
+
+
+@dataclass
+class SubsetDegradationResult:
+    """Accuracy of every method at every size, storage, runtimes; writes JSON / Markdown / PNG."""
+
+    config: dict
+    methods: dict[str, dict[str, Any]]
+    runtimes: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {k: v for k, v in self.methods.items()}
+        out["runtimes"] = dict(self.runtimes)
+        out["config"] = self.config
+        out.update(self.extra)
+        return out
+
+    def averages(self) -> dict[str, float]:
+        return {k: float(np.mean(v["mean"])) for k, v in self.methods.items() if v.get("mean")}
+
+    def to_markdown(self) -> str:
+        """Table-1 layout: a row per method, sizes as columns, Avg. and Diff. vs C (points)."""
+        keys = [k for k in METHOD_KEYS if k in self.methods]
+        sizes = self.methods[keys[0]]["sizes"] if keys else []
+        avgs = self.averages()
+        head = ["method", *[str(s) for s in sizes], "Avg.", "Diff. vs C"]
+        lines = [
+            f"Subset degradation: {self.config.get('dataset')}, base {self.config.get('base')}, "
+            f"IPC{self.config.get('ipc')}, preset {self.config.get('preset')}; test accuracy (%) "
+            f"mean ± std over seeds {list(self.config.get('seeds', []))}.",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+        ]
+        c_avg = avgs.get("C")
+        for k in keys:
+            m = self.methods[k]
+            cells = [f"{100 * mu:.2f} ± {100 * sd:.2f}" for mu, sd in zip(m["mean"], m["std"])]
+            diff = "0" if k == "C" else ("-" if c_avg is None else f"{100 * (avgs[k] - c_avg):+.2f}")
+            lines.append("| " + " | ".join([k, *cells, f"{100 * avgs[k]:.2f}", diff]) + " |")
+        lines += ["", "| method | condensations | stored bytes | condense s | evaluate s |", "|---|---:|---:|---:|---:|"]
+        for k in keys:
+            m = self.methods[k]
+            lines.append(
+                f"| {k} | {m['runs']} | {m['storage_bytes']} | {m['condense_seconds']:.1f} | {m['eval_seconds']:.1f} |"
+            )
+        ratio = self.extra.get("mdc_cost_ratio")
+        if ratio is not None:
+            lines += ["", f"MDC / C seconds per outer iteration: {ratio:.3f}× "
+                          f"({self.extra.get('mdc_seconds_per_iteration'):.4f} s vs "
+                          f"{self.extra.get('base_seconds_per_iteration'):.4f} s)."]
+        lines.append(f"Total wall time: {self.runtimes.get('total', float('nan')):.1f} s.")
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | Path) -> Path:
+        """Accuracy vs size, one line per method (matplotlib Agg)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+        styles = {"random": ":", "A": "-", "B": "-.", "C": "--", "MDC": "-"}
+        for k in METHOD_KEYS:
+            if k not in self.methods:
+                continue
+            m = self.methods[k]
+            ax.errorbar(m["sizes"], [100 * v for v in m["mean"]], yerr=[100 * v for v in m["std"]],
+                        label=k, linestyle=styles.get(k, "-"), marker="o", markersize=3, capsize=2,
+                        linewidth=2.2 if k == "MDC" else 1.3)
+        ax.set_xlabel("images per class (prefix size)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{self.config.get('dataset')} · {self.config.get('base')} · IPC{self.config.get('ipc')}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def write(self, out_dir: str | Path, stem: str = "subset_degradation") -> dict[str, Path]:
+        """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` under ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        paths["md"].write_text(self.to_markdown())
+        if self.methods:
+            self.plot(paths["png"])
+        return paths
+
+
+def _digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(x.numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_subset_degradation(
+    dataset,
+    cfg: SubsetDegradationConfig,
+    *,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+    save_buffers: bool = False,
+) -> SubsetDegradationResult:
+    """Run every method of ``cfg.methods`` and evaluate every size with the same seeds.
+
+    With ``out_dir`` the report is rewritten after each method (a killed run keeps what it has)
+    and, with ``save_buffers``, the C, B and MDC buffers are saved there too.
+    """
+    from ..evaluate import evaluate_seeds, eval_preset
+
+    cfg.validate()
+    t_total = time.perf_counter()
+    eval_cfg = eval_preset(cfg.eval_preset or cfg.preset, **dict(cfg.eval_overrides))
+    seeds = [int(s) for s in cfg.seeds]
+    config_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    config_dict.update(dataset_summary=dataset.summary() if hasattr(dataset, "summary") else dataset.name,
+                       eval=eval_cfg.to_dict(), seeds=seeds)
+    result = SubsetDegradationResult(config=config_dict, methods={}, runtimes={})
+    cache: dict[str, Any] = {}
+
+    def evaluate(ms: MethodSets) -> None:
+        t0 = time.perf_counter()
+        sizes, means, stds, accs, nbytes = [], [], [], [], []
+        for n in sorted(ms.sets):
+            x, y, b = ms.sets[n]
+            key = _digest(x, y)
+            if key not in cache:
+                cache[key] = evaluate_seeds(x, y, dataset, eval_cfg, seeds=seeds, device=cfg.device, progress=False)
+            r = cache[key]
+            sizes.append(n), means.append(r.mean), stds.append(r.std), accs.append(list(r.accuracies)), nbytes.append(b)
+            log.info("%s size %d: %.2f ± %.2f %%", ms.name, n, 100 * r.mean, 100 * r.std)
+        eval_s = time.perf_counter() - t0
+        result.methods[ms.name] = {
+            "sizes": sizes, "mean": means, "std": stds, "accuracies": accs, "bytes": nbytes,
+            "storage_bytes": ms.storage_bytes, "runs": ms.runs,
+            "condense_seconds": ms.condense_seconds, "eval_seconds": eval_s,
+            **{k: v for k, v in ms.info.items() if k != "mdc"},
+        }
+        result.runtimes[ms.name] = ms.condense_seconds + eval_s
+        result.runtimes[f"{ms.name}_condense"] = ms.condense_seconds
+        result.runtimes[f"{ms.name}_eval"] = eval_s
+        if "mdc" in ms.info:
+            result.extra["mdc"] = ms.info["mdc"]
+        result.runtimes["total"] = time.perf_counter() - t_total
+        if out_dir is not None:
+            result.write(out_dir)
+
+    from tqdm.auto import tqdm
+
+    wanted = list(cfg.methods)
+    bar = tqdm(total=len(wanted), desc="subset degradation", unit="method", disable=not progress, dynamic_ncols=True)
+    c_result = b_first = None
+    inner_progress = False
+    if "random" in wanted:
+        bar.set_postfix(method="random")
+        evaluate(random_real(dataset, cfg, progress=inner_progress))
+        bar.update(1)
+    if "C" in wanted or "A" in wanted:
+        bar.set_postfix(method="C")
+        ms_c, c_result = baseline_c(dataset, cfg, progress=inner_progress)
+        if save_buffers and out_dir is not None:
+            c_result.buffer.save(Path(out_dir) / "C.safetensors")
+        if "C" in wanted:
+            evaluate(ms_c)
+            bar.update(1)
+    if "MDC" in wanted:
+        bar.set_postfix(method="MDC")
+        ms_mdc, mdc_result = mdc_condense(dataset, cfg, progress=inner_progress)
+        if save_buffers and out_dir is not None:
+            mdc_result.buffer.save(Path(out_dir) / "MDC.safetensors")
+        evaluate(ms_mdc)
+        bar.update(1)
+        if c_result is not None:
+            base_spi, mdc_spi = float(c_result.seconds_per_iteration), float(mdc_result.seconds_per_iteration)
+            result.extra.update(base_seconds_per_iteration=base_spi, mdc_seconds_per_iteration=mdc_spi,
+                                mdc_cost_ratio=mdc_spi / base_spi if base_spi > 0 else None)
+    if "B" in wanted or "A" in wanted:
+        bar.set_postfix(method="B")
+        ms_b, b_runs = baseline_b(dataset, cfg, progress=inner_progress)
+        b_first = b_runs[0]
+        if save_buffers and out_dir is not None:
+            ms_b.buffers[0].save(Path(out_dir) / "B.safetensors")
+        if "B" in wanted:
+            evaluate(ms_b)
+            bar.update(1)
+    if "A" in wanted:
+        bar.set_postfix(method="A")
+        reuse = {int(cfg.ipc): c_result}
+        if b_first is not None:
+            reuse[1] = b_first
+        evaluate(baseline_a(dataset, cfg, progress=inner_progress, reuse=reuse))
+        bar.update(1)
+    bar.close()
+    # present methods in the canonical order
+    result.methods = {k: result.methods[k] for k in METHOD_KEYS if k in result.methods}
+    result.runtimes["total"] = time.perf_counter() - t_total
+    if out_dir is not None:
+        result.write(out_dir)
+    return result
+
+
+def measure_cost_ratio(dataset, cfg: SubsetDegradationConfig, *, iterations: int = 10, repeats: int = 2,
+                       progress: bool = False) -> dict[str, Any]:
+    """Seconds per outer iteration of the base matcher vs MDC on it, runs interleaved
+    (base, MDC, base, MDC, …) on the same machine; the ratio uses the median of each."""
+    hooks_config = mdc_preset(cfg.preset, cfg.dataset)
+    hooks_config.update(cfg.mdc)
+    base_s, mdc_s = [], []
+    for _ in range(int(repeats)):
+        for hooks, store in (("none", base_s), ("mdc", mdc_s)):
+            extra = {"iterations": int(iterations), "hooks": hooks}
+            if hooks == "mdc":
+                extra["hooks_config"] = hooks_config
+            r = _run(dataset, _config(cfg, cfg.base, cfg.ipc, **extra), device=cfg.device, progress=progress)
+            store.extend(r.history["seconds"])
+    b, m = float(np.median(base_s)), float(np.median(mdc_s))
+    return {"base": cfg.base, "ipc": int(cfg.ipc), "dataset": cfg.dataset, "iterations": int(iterations),
+            "repeats": int(repeats), "base_seconds_per_iteration": b, "mdc_seconds_per_iteration": m,
+            "ratio": m / b if b > 0 else None}

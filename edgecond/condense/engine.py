@@ -1,0 +1,588 @@
+"""The condensation engine: config, presets, the outer/inner loop, checkpoints, output buffer.
+
+:func:`condense` runs any method registered in :data:`METHODS`:
+
+* a :class:`~edgecond.condense.base.Selector` (``random``, ``herding``) picks real images;
+* a :class:`~edgecond.condense.base.Matcher` (``idc``, ``idm``, ``dm``) optimises a
+  :class:`~edgecond.condense.base.SyntheticSet` with the loop documented in
+  :mod:`edgecond.condense.base` (the hooks see every step, so the MDC wrapper plugs in here).
+
+Everything random comes from local generators seeded from ``config.seed`` (the initial real
+images from ``config.init_seed`` when set); checkpoints hold the synthetic images, the image
+optimiser, the matcher's and the hooks' state, every generator state and the history, so a
+resumed run ends bit-for-bit where an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CondenseError, ConfigError
+from ..registry import Registry
+from ..utils import make_generator, resolve_device
+from .base import EngineHooks, Matcher, MatchOutput, Method, Selector, SyntheticSet
+from .checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = [
+    "METHODS",
+    "register_method",
+    "list_methods",
+    "CondenseConfig",
+    "CondenseResult",
+    "condense",
+    "condense_preset",
+    "RealData",
+    "initial_images",
+    "build_hooks",
+    "method_config",
+    "DTYPES",
+]
+
+log = logging.getLogger(__name__)
+
+METHODS: Registry[type[Method]] = Registry(
+    "condensation method",
+    hint="Register your own with @edgecond.condense.register_method('name') on a Matcher or Selector subclass.",
+)
+DTYPES = ("uint8", "float16", "float32")
+_METHOD_MODULES = ("idc", "idm", "selection")
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`Matcher`/:class:`Selector` subclass under ``name``."""
+
+    def deco(cls):
+        cls.name = name
+        METHODS.register(name, cls)
+        return cls
+
+    return deco
+
+
+def _ensure_methods() -> None:
+    import importlib
+
+    for mod in _METHOD_MODULES:
+        importlib.import_module(f"{__package__}.{mod}")
+
+
+def list_methods() -> list[dict[str, str]]:
+    """``[{name, kind, description, presets}]`` of every registered method."""
+    _ensure_methods()
+    out = []
+    for name, cls in METHODS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        out.append({
+            "name": name,
+            "kind": cls.kind,
+            "description": doc[0] if doc else "",
+            "presets": ", ".join(sorted(cls.presets)),
+        })
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# config
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CondenseConfig:
+    """Everything that determines a condensation run (logged in the buffer's metadata).
+
+    Engine-level settings live here; the method's own hyper-parameters are in
+    ``method_config`` (the fields of ``METHODS.get(method).Config``, resolved by
+    :func:`condense_preset`).
+    """
+
+    method: str
+    ipc: int
+    factor: int = 1  #: multi-formation factor f: each stored image decodes to f² training images
+    iterations: int = 100  #: outer iterations
+    seed: int = 0
+    lr_img: float = 0.01  #: SGD learning rate of the synthetic images (normalised space)
+    momentum_img: float = 0.5
+    batch_real: int = 128  #: real images per class per matching step
+    model: str = "convnet"
+    model_kwargs: dict = field(default_factory=dict)
+    augment: str = "color_crop_cutout"  #: siamese augmentation strategy for matching ("none" = off)
+    augment_single_op: bool = False  #: apply one random op of ``augment`` per step (DSA/DM style)
+    method_config: dict = field(default_factory=dict)
+    hooks: str = "none"  #: "none" (plain) or "mdc" (multisize wrapper)
+    hooks_config: dict = field(default_factory=dict)
+    preset: str = ""
+    dataset: str = ""  #: informational: the dataset name the preset was resolved for
+    dtype: str = "uint8"  #: buffer storage dtype: uint8 | float16 | float32
+    init: str = "real"  #: "real" (random real images; IDC mosaic for f > 1) or "noise"
+    init_seed: int | None = None  #: seed of the initial images (default: ``seed``)
+    init_offset: int = 0  #: use the init permutation from position ``init_offset * ipc * f²``
+
+
+@dataclass
+class CondenseResult:
+    """What :func:`condense` returns."""
+
+    buffer: Any  # edgecond.buffer.MultisizeBuffer
+    history: dict[str, list]
+    seconds: float
+    seconds_per_iteration: float
+    images: torch.Tensor  #: ``[K, N, C, H, W]`` float32 pixel space (before buffer quantisation)
+    config: CondenseConfig
+
+
+def method_config(cls: type[Method], values: dict | None) -> Any:
+    """Build ``cls.Config`` from ``values``; unknown keys raise :class:`ConfigError`."""
+    values = dict(values or {})
+    if not dataclasses.is_dataclass(cls.Config):
+        if values:
+            raise ConfigError(f"method {cls.name!r} takes no method_config; got keys {sorted(values)}.")
+        return None
+    names = {f.name for f in dataclasses.fields(cls.Config)}
+    bad = sorted(set(values) - names)
+    if bad:
+        raise ConfigError(
+            f"unknown method_config key(s) {bad} for method {cls.name!r}; expected some of {sorted(names)}."
+        )
+    return cls.Config(**values)
+
+
+def _call_preset(fn: Callable, dataset_name: str, ipc: int) -> dict:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        params = {}
+    if "ipc" in params:
+        return dict(fn(dataset_name, ipc=ipc))
+    return dict(fn(dataset_name))
+
+
+def condense_preset(method: str, preset: str = "quick", dataset_name: str = "digits", **overrides) -> CondenseConfig:
+    """Resolve a method's preset for a dataset into a :class:`CondenseConfig`.
+
+    ``overrides`` may name any :class:`CondenseConfig` field (``ipc``, ``iterations``, ``seed``...)
+    or any field of the method's ``Config`` (e.g. ``inner_steps`` for IDC); ``method_config=``
+    updates several method fields at once. ``ipc`` defaults to 10.
+    """
+    _ensure_methods()
+    cls = METHODS.get(method)
+    if preset not in cls.presets:
+        raise ConfigError(
+            f"unknown preset {preset!r} for method {cls.name!r}; expected one of {sorted(cls.presets)}."
+        )
+    ipc = int(overrides.get("ipc", 10))
+    values = _call_preset(cls.presets[preset], dataset_name, ipc)
+    mc = dict(values.pop("method_config", {}))
+    engine_fields = {f.name for f in dataclasses.fields(CondenseConfig)}
+    method_fields = {f.name for f in dataclasses.fields(cls.Config)} if dataclasses.is_dataclass(cls.Config) else set()
+    kwargs: dict[str, Any] = {"method": cls.name, "ipc": ipc, "preset": preset, "dataset": dataset_name}
+    for k, v in values.items():
+        (kwargs.__setitem__ if k in engine_fields else mc.__setitem__)(k, v)
+    for k, v in overrides.items():
+        if k == "method_config":
+            mc.update(v or {})
+        elif k == "method":
+            continue
+        elif k in engine_fields:
+            kwargs[k] = v
+        elif k in method_fields:
+            mc[k] = v
+        else:
+            raise ConfigError(
+                f"unknown setting {k!r} for method {cls.name!r}; expected a CondenseConfig field "
+                f"({', '.join(sorted(engine_fields))}) or a method field ({', '.join(sorted(method_fields))})."
+            )
+    cfg_mc = method_config(cls, mc)
+    kwargs["method_config"] = asdict(cfg_mc) if cfg_mc is not None else {}
+    return CondenseConfig(**kwargs)
+
+
+def _validate(config: CondenseConfig, dataset, cls: type[Method]) -> None:
+    c, h, w = dataset.image_shape
+    if not isinstance(config.ipc, int) or isinstance(config.ipc, bool) or config.ipc < 1:
+        raise ConfigError(f"ipc={config.ipc!r}; expected an integer >= 1 (stored images per class).")
+    if not isinstance(config.factor, int) or config.factor < 1 or h % config.factor or w % config.factor:
+        raise ConfigError(
+            f"factor={config.factor!r} does not divide the {h}x{w} images of {dataset.name!r}; "
+            "expected a positive integer dividing both sides (1 or 2 usually)."
+        )
+    if config.iterations < 0:
+        raise ConfigError(f"iterations={config.iterations}; expected an integer >= 0.")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"dtype={config.dtype!r}; expected one of {', '.join(DTYPES)}.")
+    if config.init not in ("real", "noise"):
+        raise ConfigError(f"init={config.init!r}; expected 'real' or 'noise'.")
+    if config.batch_real < 1:
+        raise ConfigError(f"batch_real={config.batch_real}; expected an integer >= 1.")
+    if cls.kind == "selector" and config.factor != 1:
+        raise ConfigError(
+            f"method {cls.name!r} selects real images and stores them at factor 1, but factor="
+            f"{config.factor} was given; pass factor 1 (--factor 1)."
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# real data and initialisation
+# ------------------------------------------------------------------------------------------
+
+
+class RealData:
+    """The training split on the device, normalised, with per-class indices and samplers.
+
+    Indices are drawn with a CPU generator (reproducible on every device) and moved over.
+    """
+
+    def __init__(self, dataset, device: torch.device) -> None:
+        self.dataset = dataset
+        self.device = device
+        self.x = dataset.normalize(dataset.x_train.float()).to(device)
+        self.y = dataset.y_train.long().to(device)
+        self.class_idx = [idx.cpu() for idx in dataset.class_indices()]
+        self.num_classes = dataset.num_classes
+        self.image_shape = dataset.image_shape
+        for c, idx in enumerate(self.class_idx):
+            if len(idx) == 0:
+                raise CondenseError(
+                    f"class {c} ({dataset.class_names[c]!r}) of {dataset.name!r} has no training images; "
+                    "every class needs at least one."
+                )
+
+    def class_indices(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        idx = self.class_idx[c]
+        perm = torch.randperm(len(idx), generator=generator)[: min(n, len(idx))]
+        return idx[perm]
+
+    def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``min(n, |class c|)`` random normalised images of class ``c`` (no replacement)."""
+        return self.x[self.class_indices(c, n, generator).to(self.device)]
+
+    def sample_classes(self, classes: Sequence[int], n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+        """Real batches of several classes concatenated, and the batch size of each class."""
+        parts = [self.class_indices(c, n, generator) for c in classes]
+        idx = torch.cat(parts).to(self.device)
+        return self.x[idx], [len(p) for p in parts]
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch of ``n`` images of all classes (no replacement) and their labels."""
+        idx = torch.randperm(len(self.y), generator=generator)[: min(n, len(self.y))].to(self.device)
+        return self.x[idx], self.y[idx]
+
+
+def mosaic(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """IDC init: ``[M*f², C, H, W]`` → ``[M, C, H, W]``, each f×f grid of downsampled images.
+
+    Tile ``(a, b)`` of output ``i`` is input ``i*f² + a*f + b`` area-downsampled, so
+    :func:`~edgecond.formation.decode_torch` gives back (blurred) the input images in order.
+    """
+    if factor == 1:
+        return images
+    n, c, h, w = images.shape
+    m = n // (factor * factor)
+    th, tw = h // factor, w // factor
+    small = F.interpolate(images, size=(th, tw), mode="area")
+    t = small.reshape(m, factor, factor, c, th, tw).permute(0, 3, 1, 4, 2, 5)
+    return t.reshape(m, c, h, w).contiguous()
+
+
+def initial_images(dataset, ipc: int, factor: int = 1, *, seed: int = 0, offset: int = 0,
+                   init: str = "real") -> torch.Tensor:
+    """Initial stored images ``[K, ipc, C, H, W]`` in pixel space.
+
+    ``real``: per class, a permutation of its training images drawn from ``seed``; stored image
+    ``i`` uses permutation positions ``offset*ipc*f² + i*f² ...`` (wrapping around when the class
+    is small), mosaicked for ``f > 1``. Different ``offset`` with the same ``seed`` → disjoint
+    initial images (as long as the class is large enough). ``noise``: N(0.5, 0.25²) clamped.
+    """
+    c, h, w = dataset.image_shape
+    gen = make_generator(seed)
+    k = dataset.num_classes
+    if init == "noise":
+        return (0.5 + 0.25 * torch.randn(k, ipc, c, h, w, generator=gen)).clamp(0, 1)
+    need = ipc * factor * factor
+    out = []
+    for idx in dataset.class_indices():
+        perm = idx[torch.randperm(len(idx), generator=gen)]
+        pos = (torch.arange(need) + int(offset) * need) % len(perm)
+        imgs = dataset.x_train[perm[pos]].float()
+        out.append(mosaic(imgs, factor))
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------------------------------
+# hooks
+# ------------------------------------------------------------------------------------------
+
+
+def build_hooks(config: CondenseConfig, num_classes: int) -> EngineHooks:
+    """The hooks named by ``config.hooks``: ``none`` (plain) or ``mdc`` (from
+    :mod:`edgecond.condense.multisize`, configured by ``config.hooks_config``)."""
+    name = (config.hooks or "none").strip().lower()
+    try:
+        from .multisize import build_hooks as _build
+    except ImportError:  # pragma: no cover - the multisize module ships with edgecond
+        if name != "none":
+            raise ConfigError(f"hooks {config.hooks!r} need edgecond.condense.multisize, which failed to import.")
+        return EngineHooks()
+    return _build(name, dict(config.hooks_config), ipc=config.ipc, num_classes=num_classes)
+
+
+# ------------------------------------------------------------------------------------------
+# the engine
+# ------------------------------------------------------------------------------------------
+
+_RESUME_FREE_KEYS = ("iterations",)
+
+
+def _config_diff(a: dict, b: dict) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if k not in _RESUME_FREE_KEYS and a.get(k) != b.get(k)]
+
+
+def _jsonable(cfg: CondenseConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _make_buffer(images: torch.Tensor, dataset, config: CondenseConfig, extra: dict):
+    from ..buffer import MultisizeBuffer
+
+    return MultisizeBuffer.from_class_major(
+        images.detach().cpu().float().numpy(),
+        class_names=list(dataset.class_names),
+        dataset=dataset.name,
+        mean=list(dataset.mean),
+        std=list(dataset.std),
+        factor=config.factor,
+        method=config.method,
+        config=_jsonable(config),
+        dtype=config.dtype,
+        extra=extra,
+    )
+
+
+class _Logger:
+    """JSON-lines + optional TensorBoard logging of per-iteration values."""
+
+    def __init__(self, log_path, tensorboard_dir, start: int) -> None:
+        self.fh = None
+        self.tb = None
+        if log_path is not None:
+            path = Path(log_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            keep: list[str] = []
+            if start > 0 and path.exists():  # drop lines past the checkpoint we resume from
+                for line in path.read_text().splitlines():
+                    try:
+                        if int(json.loads(line).get("iteration", -1)) < start:
+                            keep.append(line)
+                    except (ValueError, AttributeError):
+                        continue
+            path.write_text("".join(line + "\n" for line in keep))
+            self.fh = open(path, "a", buffering=1)
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=start if start > 0 else None)
+
+    def write(self, record: dict) -> None:
+        if self.fh is not None:
+            self.fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "iteration" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["iteration"])
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def condense(
+    dataset,
+    config: CondenseConfig,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    log_path: str | Path | None = None,
+    progress: bool = True,
+    hooks: EngineHooks | None = None,
+    init_images: torch.Tensor | None = None,
+    tensorboard_dir: str | Path | None = None,
+) -> CondenseResult:
+    """Condense ``dataset`` with ``config`` into a :class:`CondenseResult` (buffer + history).
+
+    ``checkpoint``: path of the checkpoint file, written atomically every ``checkpoint_every``
+    outer iterations and at the end. ``resume=True`` continues from it when it exists (the
+    config must match, except ``iterations`` which may grow). ``hooks``: an
+    :class:`~edgecond.condense.base.EngineHooks` instance (default: built from
+    ``config.hooks``). ``init_images``: ``[K, N, C, H, W]`` pixel-space stored images to start
+    from instead of real images drawn from ``config.init_seed``/``init_offset``.
+    """
+    _ensure_methods()
+    cls = METHODS.get(config.method)
+    _validate(config, dataset, cls)
+    mcfg = method_config(cls, config.method_config)
+    dev = resolve_device(device)
+    t_start = time.perf_counter()
+
+    if cls.kind == "selector":
+        selector = cls(mcfg, config)
+        images = selector.select(dataset, config.ipc, seed=config.seed, device=dev, progress=progress)
+        images = images.detach().cpu().float()
+        seconds = time.perf_counter() - t_start
+        history: dict[str, list] = {}
+        buf = _make_buffer(images, dataset, config, {"history": {"iterations": 0, "seconds": seconds}})
+        return CondenseResult(buf, history, seconds, float("nan"), images, config)
+
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every={checkpoint_every}; expected an integer >= 1.")
+    k = dataset.num_classes
+    c, h, w = dataset.image_shape
+    if init_images is not None:
+        init_images = torch.as_tensor(init_images).float()
+        if tuple(init_images.shape) != (k, config.ipc, c, h, w):
+            raise ConfigError(
+                f"init_images has shape {tuple(init_images.shape)}; expected [K, N, C, H, W] = "
+                f"{(k, config.ipc, c, h, w)} (pixel space, stored images)."
+            )
+        pixels = init_images.clamp(0, 1)
+    else:
+        seed0 = config.seed if config.init_seed is None else config.init_seed
+        pixels = initial_images(dataset, config.ipc, config.factor, seed=seed0,
+                                offset=config.init_offset, init=config.init)
+    real = RealData(dataset, dev)
+    gen = make_generator(int(config.seed) + 1_000_003)  # CPU: indices, aug draws, model seeds
+    syn = SyntheticSet(dataset.normalize(pixels).to(dev), factor=config.factor, mean=dataset.mean, std=dataset.std)
+    matcher: Matcher = cls(real, config, mcfg, device=dev, generator=gen)
+    if hooks is None:
+        hooks = build_hooks(config, k)
+    if hasattr(hooks, "bind"):  # optional extension (MDC): the hooks see the synthetic set
+        hooks.bind(syn)
+    after_step = getattr(hooks, "after_step", None)  # optional extension (MDC): restore frozen ranks
+    opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
+
+    start = 0
+    history: dict[str, list] = {"iteration": [], "loss": [], "seconds": []}
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if resume and ckpt_path is None:
+        raise ConfigError("resume=True needs a checkpoint path (--checkpoint PATH).")
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        diff = _config_diff(state["config"], _jsonable(config))
+        if diff:
+            detail = "; ".join(f"{key}: checkpoint={state['config'].get(key)!r}, given={_jsonable(config).get(key)!r}"
+                               for key in diff)
+            raise CondenseError(
+                f"checkpoint {str(ckpt_path)!r} was written with a different config ({detail}). "
+                "Resume with the same settings, or start from scratch without --resume (or another --checkpoint)."
+            )
+        with torch.no_grad():
+            syn.images.copy_(state["images"].to(dev))
+        opt.load_state_dict(state["optimizer"])
+        matcher.load_state_dict(state["matcher"])
+        hooks.load_state_dict(state["hooks"])
+        gen.set_state(state["rng"]["main"])
+        history = {key: list(v) for key, v in state["history"].items()}
+        start = int(state["iteration"])
+        log.info("resumed from %s at iteration %d", ckpt_path, start)
+
+    def save(next_iteration: int) -> None:
+        if ckpt_path is None:
+            return
+        save_checkpoint(ckpt_path, {
+            "config": _jsonable(config),
+            "iteration": next_iteration,
+            "images": syn.images.detach(),
+            "optimizer": opt.state_dict(),
+            "matcher": matcher.state_dict(),
+            "hooks": hooks.state_dict(),
+            "rng": {"main": gen.get_state()},
+            "history": history,
+        })
+
+    logger = _Logger(log_path, tensorboard_dir, start)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.iterations, initial=min(start, config.iterations), disable=not progress,
+               desc=f"condense {config.method}", unit="it", dynamic_ncols=True)
+    run_seconds: list[float] = []
+    try:
+        for t in range(start, config.iterations):
+            t0 = time.perf_counter()
+            matcher.begin_outer(t)
+            hooks.begin_outer(t)
+            loss_sum, n_loss = 0.0, 0
+            stats: dict[str, float] = {}
+            for i in range(matcher.inner_steps):
+                for group in matcher.class_groups(k):
+                    outs = matcher.match(syn, group, prefixes=hooks.prefixes(group))
+                    loss = hooks.combine(outs)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    hooks.mask_grad(syn.images.grad)
+                    opt.step()
+                    syn.clamp_()
+                    if after_step is not None:
+                        after_step(syn)
+                    loss_sum += float(loss.detach())
+                    n_loss += 1
+                    for o in outs:
+                        for key, v in o.stats.items():
+                            stats[key] = stats.get(key, 0.0) + float(v) / len(outs)
+                matcher.between_inner(i)
+            hooks.end_outer(t)
+            dt = time.perf_counter() - t0
+            run_seconds.append(dt)
+            mean_loss = loss_sum / max(n_loss, 1)
+            history["iteration"].append(t)
+            history["loss"].append(mean_loss)
+            history["seconds"].append(dt)
+            record = {"iteration": t, "loss": mean_loss, "seconds": dt}
+            for key, v in stats.items():
+                val = v / max(n_loss, 1)
+                history.setdefault(key, []).append(val)
+                record[key] = val
+            logger.write(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4g}")
+            if not math.isfinite(mean_loss):
+                raise CondenseError(
+                    f"the matching loss became {mean_loss} at iteration {t} of {config.method}; "
+                    f"lower lr_img (now {config.lr_img}) or check the data."
+                )
+            if (t + 1) % checkpoint_every == 0 or t + 1 == config.iterations:
+                save(t + 1)
+        if ckpt_path is not None and start >= config.iterations and not ckpt_path.exists():
+            save(start)
+    finally:
+        bar.close()
+        logger.close()
+
+    images = syn.pixel_images().detach().cpu().float()
+    seconds = time.perf_counter() - t_start
+    spi = sum(run_seconds) / len(run_seconds) if run_seconds else float("nan")
+    losses = history.get("loss", [])
+    summary = {
+        "iterations": config.iterations,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "seconds": round(seconds, 3),
+        "seconds_per_iteration": None if math.isnan(spi) else round(spi, 5),
+        "device": str(dev),
+    }
+    extra = dict(hooks.metadata() or {})
+    extra["history"] = summary
+    buf = _make_buffer(images, dataset, config, extra)
+    return CondenseResult(buf, history, seconds, spi, images, config)

@@ -1,0 +1,755 @@
+"""Dataset registry: load a dataset by name into pixel-space tensors.
+
+Every loader returns an :class:`ImageDataset`: ``float32`` images in **pixel space [0, 1]**,
+shape ``[N, C, H, W]``, ``int64`` labels, class names and the per-channel mean/std of the
+training split. Models see normalised inputs; :meth:`ImageDataset.normalize` does that.
+
+Names (case-insensitive, ``_`` == ``-``)::
+
+    digits            scikit-learn's bundled 8x8 digits (offline default), 75/25 stratified split
+    mnist             torchvision MNIST            (root + download switch)
+    fashion-mnist     Debian's IDX files (/usr/share/datasets/fashion-mnist) or torchvision
+    cifar10 cifar100  torchvision CIFAR
+    svhn              torchvision SVHN
+    imagefolder:PATH  PATH/train/<class>/*.png|jpg, PATH/test/<class>/* (decoded once, cached as .npz)
+    npz:PATH          arrays x_train, y_train, x_test, y_test (NHWC or NCHW; uint8 or float in [0,1])
+
+``load_dataset`` caches nothing in memory; only ``imagefolder`` keeps an on-disk ``.npz`` cache
+of the decoded pixels (invalidated when any file's name, size or mtime changes).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DatasetError
+from .registry import Registry
+
+__all__ = [
+    "ImageDataset",
+    "DatasetInfo",
+    "DatasetSpec",
+    "DATASETS",
+    "register_dataset",
+    "load_dataset",
+    "list_datasets",
+    "from_arrays",
+    "read_idx",
+    "default_root",
+    "cache_dir",
+    "DEBIAN_FASHION_MNIST",
+]
+
+log = logging.getLogger(__name__)
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX gz files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def default_root() -> Path:
+    """Root for torchvision downloads: ``$EDGECOND_DATA`` or ``~/.cache/edgecond/datasets``."""
+    env = os.environ.get("EDGECOND_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgecond" / "datasets"
+
+
+def cache_dir() -> Path:
+    """Cache for decoded image folders: ``$EDGECOND_CACHE`` or ``~/.cache/edgecond/cache``."""
+    env = os.environ.get("EDGECOND_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgecond" / "cache"
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset object
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image dataset in pixel space with a fixed train/test split."""
+
+    name: str
+    x_train: torch.Tensor  # float32 [N, C, H, W] in [0, 1]
+    y_train: torch.Tensor  # int64 [N]
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: list[str]
+    mean: tuple[float, ...]  # per channel, of the training split in pixel space
+    std: tuple[float, ...]
+    source: str = ""  # where it was read from
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.x_train.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_indices(self) -> list[torch.Tensor]:
+        """For each class ``c``, the (sorted) indices of its training images."""
+        return [torch.nonzero(self.y_train == c, as_tuple=False).flatten() for c in range(self.num_classes)]
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1) if x.dim() == 4 else (-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
+        return mean, std
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel space → model input: ``(x - mean) / std`` per channel (differentiable)."""
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input → pixel space (inverse of :meth:`normalize`)."""
+        mean, std = self._stats(x)
+        return x * std + mean
+
+    def subset_per_class(self, ipc: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ipc`` random training images of every class (class-major order), and their labels.
+
+        The draw depends only on ``seed`` (a local generator; the global RNG is untouched).
+        """
+        ipc = int(ipc)
+        if ipc < 1:
+            raise ConfigError(f"ipc={ipc} is not a valid images-per-class count; expected an integer >= 1.")
+        gen = torch.Generator().manual_seed(int(seed))
+        picks = []
+        for c, idx in enumerate(self.class_indices()):
+            if len(idx) < ipc:
+                raise ConfigError(
+                    f"class {c} ({self.class_names[c]!r}) of dataset {self.name!r} has only {len(idx)} "
+                    f"training images but ipc={ipc} was requested; pass ipc <= {len(idx)} or use the "
+                    "full training set (ipc 0 / 'all' on the CLI)."
+                )
+            picks.append(idx[torch.randperm(len(idx), generator=gen)[:ipc]])
+        sel = torch.cat(picks)
+        return self.x_train[sel].clone(), self.y_train[sel].clone()
+
+    def summary(self) -> dict:
+        """Small JSON-able description (no tensors)."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "train": int(len(self.y_train)),
+            "test": int(len(self.y_test)),
+            "mean": [round(m, 6) for m in self.mean],
+            "std": [round(s, 6) for s in self.std],
+        }
+
+    def __repr__(self) -> str:  # tensors would flood the terminal
+        c, h, w = self.image_shape
+        return (
+            f"ImageDataset(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+            f"shape=({c}, {h}, {w}), classes={self.num_classes}, source={self.source!r})"
+        )
+
+
+def _to_float_nchw(images: np.ndarray, what: str) -> np.ndarray:
+    """uint8/float, [N,H,W] | [N,H,W,C] | [N,C,H,W] → float32 [N,C,H,W] in [0,1]."""
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4:
+        chan = (1, 3, 4)
+        if arr.shape[1] in chan:
+            pass  # NCHW (also chosen when both axes could be channels)
+        elif arr.shape[3] in chan:
+            arr = arr.transpose(0, 3, 1, 2)
+        else:
+            raise DatasetError(
+                f"{what} has shape {arr.shape}; expected [N, C, H, W] or [N, H, W, C] with C in "
+                "{1, 3, 4}, or [N, H, W] for grey images."
+            )
+    else:
+        raise DatasetError(
+            f"{what} has shape {arr.shape} ({arr.ndim} dims); expected [N, C, H, W], [N, H, W, C] or [N, H, W]."
+        )
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+        if out.size:
+            lo, hi = float(np.nanmin(out)), float(np.nanmax(out))
+            if np.isnan(out).any() or lo < -1e-3 or hi > 1.0 + 1e-3:
+                raise DatasetError(
+                    f"{what} is float with values in [{lo:g}, {hi:g}]; expected pixel values in [0, 1] "
+                    "(store uint8 0..255, or divide float images by 255)."
+                )
+            out = np.clip(out, 0.0, 1.0)
+    else:
+        raise DatasetError(f"{what} has dtype {arr.dtype}; expected uint8 (0..255) or float in [0, 1].")
+    return np.ascontiguousarray(out)
+
+
+def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or len(arr) != n:
+        raise DatasetError(f"{what} has shape {arr.shape}; expected [{n}] (one integer label per image).")
+    if not (np.issubdtype(arr.dtype, np.integer) or (arr.size and np.all(np.mod(arr, 1) == 0))):
+        raise DatasetError(f"{what} has dtype {arr.dtype} with non-integer values; expected integer class ids.")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise DatasetError(f"{what} contains negative label {int(arr.min())}; expected class ids 0..K-1.")
+    return arr
+
+
+def from_arrays(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    class_names: Sequence[str] | None = None,
+    source: str = "",
+) -> ImageDataset:
+    """Build an :class:`ImageDataset` from numpy arrays (uint8 or float [0,1]; NHWC/NCHW/NHW).
+
+    Mean and std are computed per channel on the training split.
+    """
+    xtr = _to_float_nchw(x_train, f"{name}: x_train")
+    xte = _to_float_nchw(x_test, f"{name}: x_test")
+    ytr = _labels(y_train, len(xtr), f"{name}: y_train")
+    yte = _labels(y_test, len(xte), f"{name}: y_test")
+    if len(xtr) == 0:
+        raise DatasetError(f"{name}: the training split is empty; expected at least one image per class.")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DatasetError(
+            f"{name}: train images have shape {xtr.shape[1:]} but test images {xte.shape[1:]}; "
+            "expected the same (C, H, W) for both splits."
+        )
+    k = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1
+    if class_names is None:
+        class_names = [str(i) for i in range(k)]
+    class_names = [str(c) for c in class_names]
+    if len(class_names) < k:
+        raise DatasetError(
+            f"{name}: labels go up to {k - 1} but only {len(class_names)} class names were given; "
+            f"expected {k} names."
+        )
+    # mean/std in float64 to avoid drift on large sets
+    mean = tuple(float(v) for v in xtr.mean(axis=(0, 2, 3), dtype=np.float64))
+    std = tuple(max(float(v), 1e-6) for v in xtr.std(axis=(0, 2, 3), dtype=np.float64))
+    return ImageDataset(
+        name=name,
+        x_train=torch.from_numpy(xtr),
+        y_train=torch.from_numpy(ytr),
+        x_test=torch.from_numpy(xte),
+        y_test=torch.from_numpy(yte),
+        class_names=list(class_names),
+        mean=mean,
+        std=std,
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetInfo:
+    """What :func:`list_datasets` reports for one dataset name."""
+
+    name: str
+    description: str
+    source: str
+    available: bool
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "source": self.source, "available": self.available}
+
+
+@dataclass
+class DatasetSpec:
+    """A registered loader. ``loader(arg, root, download)``; ``arg`` is the text after ``name:``."""
+
+    loader: Callable[[str | None, Path, bool], ImageDataset]
+    description: str
+    locate: Callable[[Path], tuple[str, bool]] = field(default=lambda root: ("", True))
+    takes_path: bool = False
+
+
+DATASETS: Registry[DatasetSpec] = Registry(
+    "dataset",
+    hint="Use 'imagefolder:PATH' or 'npz:PATH' for your own data; `edgecond datasets` lists what is available.",
+)
+
+
+def register_dataset(
+    name: str,
+    *,
+    description: str,
+    locate: Callable[[Path], tuple[str, bool]] | None = None,
+    takes_path: bool = False,
+):
+    """Decorator registering ``loader(arg, root, download) -> ImageDataset`` under ``name``."""
+
+    def deco(loader):
+        DATASETS.register(
+            name,
+            DatasetSpec(
+                loader=loader,
+                description=description,
+                locate=locate or (lambda root: ("", True)),
+                takes_path=takes_path,
+            ),
+        )
+        return loader
+
+    return deco
+
+
+def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False) -> ImageDataset:
+    """Load a dataset by name (see module docstring). ``root`` is where torchvision datasets live
+    (default :func:`default_root`); ``download=True`` lets torchvision fetch missing files."""
+    if not isinstance(name, str) or not name.strip():
+        raise DatasetError(f"dataset name {name!r} is empty; expected e.g. 'digits' or 'imagefolder:PATH'.")
+    base, sep, arg = name.strip().partition(":")
+    try:
+        spec = DATASETS.get(base)
+    except ConfigError as exc:  # unknown name: a dataset problem, listing what exists
+        raise DatasetError(str(exc)) from None
+    if spec.takes_path and not arg:
+        raise DatasetError(f"dataset {name!r} needs a path: write '{base}:PATH'.")
+    if not spec.takes_path and sep:
+        raise DatasetError(f"dataset {base!r} takes no ':PATH' suffix (got {name!r}); pass --root to move its files.")
+    root_path = Path(root).expanduser() if root is not None else default_root()
+    return spec.loader(arg or None, root_path, bool(download))
+
+
+def list_datasets(*, root: str | os.PathLike | None = None) -> list[DatasetInfo]:
+    """Every registered dataset, where it reads from and whether its files are present."""
+    root_path = Path(root).expanduser() if root is not None else default_root()
+    out = []
+    for key, spec in DATASETS.items():
+        source, available = spec.locate(root_path)
+        out.append(DatasetInfo(name=key + (":PATH" if spec.takes_path else ""), description=spec.description,
+                               source=source, available=available))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# digits (offline default)
+# --------------------------------------------------------------------------------------------
+
+
+@register_dataset(
+    "digits",
+    description="scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), 75/25 stratified split",
+    locate=lambda root: ("scikit-learn (bundled with the package, offline)", True),
+)
+def _load_digits(arg: str | None, root: Path, download: bool) -> ImageDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    return from_arrays("digits", x_tr, y_tr, x_te, y_te, class_names=[str(i) for i in range(10)],
+                       source="sklearn.datasets.load_digits")
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files (MNIST format) — used for Debian's fashion-mnist package and raw MNIST folders
+# --------------------------------------------------------------------------------------------
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally ``.gz``) into a numpy array; clear errors on bad headers."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise DatasetError(f"IDX file {str(path)!r} does not exist.") from None
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"cannot read IDX file {str(path)!r}: {exc}; the file is damaged, re-download it.") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DatasetError(
+            f"{str(path)!r} is not an IDX file (header {data[:4].hex() or 'empty'}); expected 00 00 <type> <ndim>."
+        )
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"IDX file {str(path)!r} is truncated inside its header.")
+    dims = struct.unpack(">" + "I" * ndim, data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    count = int(np.prod(dims)) if dims else 1
+    if len(data) - header != count * dtype.itemsize:
+        raise DatasetError(
+            f"IDX file {str(path)!r} holds {len(data) - header} data bytes but its header {tuple(dims)} "
+            f"needs {count * dtype.itemsize}; the file is truncated or damaged."
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+_MNIST_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def _find_idx_dir(dirs: Sequence[Path]) -> tuple[Path, dict[str, Path]] | None:
+    for d in dirs:
+        found = {}
+        for key, stem in _MNIST_FILES.items():
+            for cand in (d / (stem + ".gz"), d / stem):
+                if cand.is_file():
+                    found[key] = cand
+                    break
+        if len(found) == 4:
+            return d, found
+    return None
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+def _fashion_dirs(root: Path) -> list[Path]:
+    return [DEBIAN_FASHION_MNIST, root / "FashionMNIST" / "raw", root / "fashion-mnist"]
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision datasets
+# --------------------------------------------------------------------------------------------
+
+
+def _tv_call(name: str, root: Path, download: bool, make: Callable[[bool], object], hint_files: str):
+    """Call a torchvision constructor; turn its missing-file/download errors into DatasetError."""
+    if download:
+        root.mkdir(parents=True, exist_ok=True)
+    try:
+        return make(download)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
+        if download:
+            raise DatasetError(
+                f"could not download {name!r} into {str(root)!r} ({type(exc).__name__}: {exc}). "
+                f"Check the internet connection, or put {hint_files} under that root yourself "
+                "and run without --download."
+            ) from None
+        raise DatasetError(
+            f"dataset {name!r} was not found under root {str(root)!r} (expected {hint_files}). "
+            "Pass download=True (CLI: --download) to fetch it, or --root / $EDGECOND_DATA to where it is. "
+            "Offline, use 'digits', 'imagefolder:PATH' or 'npz:PATH'."
+        ) from None
+
+
+def _exists_all(paths: Sequence[Path]) -> bool:
+    return all(p.exists() for p in paths)
+
+
+@register_dataset(
+    "mnist",
+    description="MNIST 28x28 handwritten digits (60k/10k), via torchvision",
+    locate=lambda root: (str(root / "MNIST"), _find_idx_dir([root / "MNIST" / "raw"]) is not None),
+)
+def _load_mnist(arg: str | None, root: Path, download: bool) -> ImageDataset:
+    found = _find_idx_dir([root / "MNIST" / "raw"])
+    if found is None or download:
+        from torchvision import datasets as tvd
+
+        _tv_call("mnist", root, download,
+                 lambda dl: [tvd.MNIST(str(root), train=t, download=dl) for t in (True, False)],
+                 "MNIST/raw/{train,t10k}-{images,labels}-idx?-ubyte")
+        found = _find_idx_dir([root / "MNIST" / "raw"])
+        if found is None:
+            raise DatasetError(f"torchvision fetched MNIST but its raw IDX files are missing under {str(root)!r}.")
+    return _load_idx_set("mnist", found, [str(i) for i in range(10)])
+
+
+def _load_idx_set(name: str, found: tuple[Path, dict[str, Path]], class_names: list[str]) -> ImageDataset:
+    d, files = found
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    for split in ("train", "test"):
+        xs, ys = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
+            raise DatasetError(
+                f"{name}: IDX files in {str(d)!r} have images {xs.shape} and labels {ys.shape} for the {split} split; "
+                "expected images [N, H, W] and labels [N]."
+            )
+    return from_arrays(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                       class_names=class_names, source=str(d))
+
+
+def _locate_fashion(root: Path) -> tuple[str, bool]:
+    found = _find_idx_dir(_fashion_dirs(root))
+    if found:
+        return str(found[0]), True
+    return f"{DEBIAN_FASHION_MNIST} (apt-get install dataset-fashion-mnist) or {root / 'FashionMNIST'}", False
+
+
+@register_dataset(
+    "fashion-mnist",
+    description="Fashion-MNIST 28x28 (60k/10k): Debian's dataset-fashion-mnist IDX files, else torchvision",
+    locate=_locate_fashion,
+)
+def _load_fashion(arg: str | None, root: Path, download: bool) -> ImageDataset:
+    found = _find_idx_dir(_fashion_dirs(root))
+    if found is None:
+        from torchvision import datasets as tvd
+
+        if not download:
+            raise DatasetError(
+                "dataset 'fashion-mnist' was not found: looked for train-images-idx3-ubyte(.gz), "
+                "train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz) in "
+                + ", ".join(repr(str(p)) for p in _fashion_dirs(root))
+                + ". Install Debian's package (apt-get install dataset-fashion-mnist), or pass "
+                "download=True (CLI: --download) to fetch it with torchvision."
+            )
+        _tv_call("fashion-mnist", root, download,
+                 lambda dl: [tvd.FashionMNIST(str(root), train=t, download=dl) for t in (True, False)],
+                 "FashionMNIST/raw/*-ubyte")
+        found = _find_idx_dir(_fashion_dirs(root))
+        if found is None:
+            raise DatasetError(f"torchvision fetched Fashion-MNIST but its IDX files are missing under {str(root)!r}.")
+    return _load_idx_set("fashion-mnist", found, FASHION_CLASSES)
+
+
+def _load_cifar(name: str, cls_name: str, folder: str, root: Path, download: bool) -> ImageDataset:
+    from torchvision import datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    # torchvision reads the official CIFAR python batches (the only format they are distributed in).
+    sets = _tv_call(name, root, download,
+                    lambda dl: [cls(str(root), train=t, download=dl) for t in (True, False)],
+                    f"{folder}/ (the extracted official archive)")
+    tr, te = sets
+    return from_arrays(name, np.asarray(tr.data), np.asarray(tr.targets), np.asarray(te.data),
+                       np.asarray(te.targets), class_names=list(tr.classes), source=str(root / folder))
+
+
+@register_dataset(
+    "cifar10",
+    description="CIFAR-10 32x32 colour (50k/10k), via torchvision",
+    locate=lambda root: (str(root / "cifar-10-batches-py"), (root / "cifar-10-batches-py" / "test_batch").exists()),
+)
+def _load_cifar10(arg: str | None, root: Path, download: bool) -> ImageDataset:
+    return _load_cifar("cifar10", "CIFAR10", "cifar-10-batches-py", root, download)
+
+
+@register_dataset(
+    "cifar100",
+    description="CIFAR-100 32x32 colour (50k/10k, 100 classes), via torchvision",
+    locate=lambda root: (str(root / "cifar-100-python"), (root / "cifar-100-python" / "test").exists()),
+)
+def _load_cifar100(arg: str | None, root: Path, download: bool) -> ImageDataset:
+    return _load_cifar("cifar100", "CIFAR100", "cifar-100-python", root, download)
+
+
+@register_dataset(
+    "svhn",
+    description="SVHN 32x32 house numbers (73k/26k), via torchvision",
+    locate=lambda root: (str(root / "svhn"), _exists_all([root / "svhn" / "train_32x32.mat",
+                                                            root / "svhn" / "test_32x32.mat"])),
+)
+def _load_svhn(arg: str | None, root: Path, download: bool) -> ImageDataset:
+    from torchvision import datasets as tvd
+
+    base = root / "svhn"
+    tr, te = _tv_call("svhn", base, download,
+                      lambda dl: [tvd.SVHN(str(base), split=s, download=dl) for s in ("train", "test")],
+                      "svhn/train_32x32.mat and svhn/test_32x32.mat")
+    # torchvision already maps label 10 → 0 for the digit zero
+    return from_arrays("svhn", np.asarray(tr.data), np.asarray(tr.labels), np.asarray(te.data),
+                       np.asarray(te.labels), class_names=[str(i) for i in range(10)], source=str(base))
+
+
+# --------------------------------------------------------------------------------------------
+# npz:PATH
+# --------------------------------------------------------------------------------------------
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@register_dataset(
+    "npz",
+    description="your arrays: .npz with x_train, y_train, x_test, y_test (NHWC or NCHW, uint8 or float in [0,1]); "
+                "optional class_names",
+    locate=lambda root: ("PATH (a .npz file)", True),
+    takes_path=True,
+)
+def _load_npz(arg: str | None, root: Path, download: bool) -> ImageDataset:
+    path = Path(str(arg)).expanduser()
+    if not path.is_file():
+        raise DatasetError(
+            f"npz dataset file {str(path)!r} does not exist; expected a .npz with arrays "
+            f"{', '.join(_NPZ_KEYS)} (numpy.savez)."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            missing = [k for k in _NPZ_KEYS if k not in keys]
+            if missing:
+                raise DatasetError(
+                    f"{str(path)!r} lacks arrays {missing}; it has {sorted(keys)}. Expected "
+                    f"{', '.join(_NPZ_KEYS)} (optional: class_names)."
+                )
+            arrays = {k: z[k] for k in _NPZ_KEYS}
+            names = [str(s) for s in z["class_names"].tolist()] if "class_names" in keys else None
+    except DatasetError:
+        raise
+    except ValueError as exc:  # object arrays need pickle: refused
+        raise DatasetError(
+            f"cannot read {str(path)!r} without pickle ({exc}); store plain numeric arrays "
+            "and class_names as a unicode string array (np.array([...], dtype=str))."
+        ) from None
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{str(path)!r} is not a readable .npz file ({exc}).") from None
+    stem = path.stem
+    return from_arrays(f"npz:{stem}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                       class_names=names, source=str(path.resolve()))
+
+
+# --------------------------------------------------------------------------------------------
+# imagefolder:PATH
+# --------------------------------------------------------------------------------------------
+
+
+def _list_images(split_dir: Path) -> dict[str, list[Path]]:
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {
+        c: sorted(p for p in (split_dir / c).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        for c in classes
+    }
+
+
+def _fingerprint(listing: dict[str, dict[str, list[Path]]]) -> str:
+    h = hashlib.sha256()
+    for split in ("train", "test"):
+        for c, files in listing[split].items():
+            for p in files:
+                st = p.stat()
+                h.update(f"{split}/{c}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _decode_images(files: Sequence[Path], mode: str, size: tuple[int, int] | None, what: str) -> np.ndarray:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def one(p: Path) -> np.ndarray:
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert(mode), dtype=np.uint8)
+        except Exception as exc:  # PIL raises many types
+            raise DatasetError(f"{what}: cannot decode image {str(p)!r} ({exc}); remove or replace it.") from None
+        if size is not None and arr.shape[:2] != size:
+            raise DatasetError(
+                f"{what}: image {str(p)!r} is {arr.shape[1]}x{arr.shape[0]} (WxH) but the first image is "
+                f"{size[1]}x{size[0]}; expected all images of one size (resize them first)."
+            )
+        return arr
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+        arrs = list(ex.map(one, files, chunksize=256))
+    out = np.stack(arrs) if arrs else np.zeros((0, *(size or (1, 1))), np.uint8)
+    return out if out.ndim == 4 else out[..., None]
+
+
+def _imagefolder_cache_path(folder: Path) -> Path:
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / f"imagefolder-{folder.name}-{key}.npz"
+
+
+@register_dataset(
+    "imagefolder",
+    description="your images: PATH/train/<class>/*, PATH/test/<class>/* (png/jpg...); decoded once and cached "
+                "as .npz under $EDGECOND_CACHE",
+    locate=lambda root: ("PATH (a folder with train/ and test/)", True),
+    takes_path=True,
+)
+def _load_imagefolder(arg: str | None, root: Path, download: bool) -> ImageDataset:
+    folder = Path(str(arg)).expanduser()
+    what = f"imagefolder:{folder}"
+    missing = [s for s in ("train", "test") if not (folder / s).is_dir()]
+    if missing:
+        have = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise DatasetError(
+            f"{what}: missing {', '.join(s + '/' for s in missing)} in {str(folder)!r} (it has: "
+            f"{', '.join(have) if have else 'nothing' if folder.is_dir() else 'the folder does not exist'}); "
+            "expected PATH/train/<class>/<image> and PATH/test/<class>/<image>."
+        )
+    listing = {s: _list_images(folder / s) for s in ("train", "test")}
+    classes = list(listing["train"])
+    if not classes:
+        raise DatasetError(f"{what}: {str(folder / 'train')!r} has no class folders; expected train/<class>/<image>.")
+    extra = sorted(set(listing["test"]) - set(classes))
+    if extra:
+        raise DatasetError(
+            f"{what}: test/ has classes {extra} that train/ lacks (train has {classes}); expected the same class "
+            "folders in both splits."
+        )
+    empty = [c for c in classes if not listing["train"][c]]
+    if empty:
+        raise DatasetError(
+            f"{what}: train/ classes {empty} contain no images with suffix {', '.join(IMAGE_SUFFIXES)}."
+        )
+    fp = _fingerprint(listing)
+    cache = _imagefolder_cache_path(folder)
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["fingerprint"]) == fp:
+                    log.debug("imagefolder cache hit %s", cache)
+                    return from_arrays(f"imagefolder:{folder.name}", z["x_train"], z["y_train"], z["x_test"],
+                                       z["y_test"], class_names=[str(c) for c in z["class_names"].tolist()],
+                                       source=str(folder.resolve()))
+        except Exception:  # a broken cache is rebuilt, never trusted
+            log.info("ignoring unreadable cache %s", cache)
+    mode, size = _probe_image(listing["train"][classes[0]][0])
+    arrays = {}
+    for split in ("train", "test"):
+        files = [p for c in classes for p in listing[split].get(c, [])]
+        labels = np.array([i for i, c in enumerate(classes) for _ in listing[split].get(c, [])], dtype=np.int64)
+        log.info("decoding %d %s images of %s", len(files), split, folder)
+        arrays[f"x_{split}"] = _decode_images(files, mode, size, what).transpose(0, 3, 1, 2)
+        arrays[f"y_{split}"] = labels
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # unique per writer
+        np.savez(tmp, fingerprint=np.array(fp), class_names=np.array(classes, dtype=str), **arrays)
+        os.replace(tmp, cache)
+    except OSError as exc:
+        log.warning("could not write the imagefolder cache %s (%s); decoding again next time", cache, exc)
+    return from_arrays(f"imagefolder:{folder.name}", arrays["x_train"], arrays["y_train"], arrays["x_test"],
+                       arrays["y_test"], class_names=classes, source=str(folder.resolve()))
+
+
+def _probe_image(path: Path) -> tuple[str, tuple[int, int]]:
+    """(PIL mode to convert to, (H, W)) of a folder's first image; grey stays 1 channel."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = "L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+            return mode, (im.size[1], im.size[0])
+    except Exception as exc:
+        raise DatasetError(f"cannot decode image {str(path)!r} ({exc}); remove or replace it.") from None

@@ -1,0 +1,1 @@
+"""Server-side apps: the Flower ServerApp that ships per-client prefixes, and the condensation job."""

@@ -1,0 +1,284 @@
+"""MDC: MLS selection and freezing on hand-made distance sequences, frozen ranks under momentum,
+a tiny end-to-end condensation, and the Baseline B/C assembly."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from edgecond.condense.base import EngineHooks, MatchOutput, SyntheticSet
+from edgecond.condense.multisize import (
+    MDCConfig,
+    MultisizeHooks,
+    build_hooks,
+    freeze_after,
+    mdc_preset,
+    prefix_feature_distances,
+    rate_of_change,
+    select_mls,
+)
+from edgecond.errors import CondenseError, ConfigError
+
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread (and do not fight other processes for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ pure functions
+
+
+def test_prefix_feature_distances_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    ipc, factor2 = 5, 4
+    owner = torch.arange(ipc).repeat_interleave(factor2)
+    feats = torch.randn(ipc * factor2, 7, generator=g)
+    real = torch.randn(30, 7, generator=g)
+    got = prefix_feature_distances(feats, owner, real, ipc)
+    assert got.shape == (ipc - 1,)
+    for n in range(1, ipc):
+        want = ((feats[owner < n].mean(0) - real.mean(0)) ** 2).mean()
+        assert got[n - 1].item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_prefix_feature_distances_handles_shuffled_rows_and_missing_ranks():
+    owner = torch.tensor([2, 0, 2, 0])  # rank 1 absent, rows not in rank order
+    feats = torch.tensor([[4.0], [1.0], [6.0], [3.0]])
+    real = torch.zeros(3, 1)
+    got = prefix_feature_distances(feats, owner, real, 4)
+    assert got[0].item() == pytest.approx(4.0)  # mean of rank 0 = 2 → 2² = 4
+    assert got[1].item() == pytest.approx(4.0)  # rank 1 adds nothing
+    assert got[2].item() == pytest.approx(12.25)  # mean(1,3,4,6) = 3.5
+    got = prefix_feature_distances(feats, torch.tensor([3, 3, 3, 3]), real, 4)
+    assert all(math.isnan(v) for v in got.tolist())
+
+
+def test_rate_and_argmax_pick_the_fastest_changing_prefix():
+    f_old = torch.tensor([10.0, 6.0, 5.0, 4.0])
+    f_new = torch.tensor([9.0, 5.5, 2.0, 3.9])  # n=3 changes by 3: largest
+    rates = rate_of_change(f_old, f_new, 10)
+    assert rates.tolist() == pytest.approx([0.1, 0.05, 0.3, 0.01])
+    assert select_mls(rates) == 3
+    # paper Table 7 (CIFAR-10 IPC10, t=1 vs t=50): the largest drop is prefix 1
+    t1 = torch.tensor([3012, 1678, 1249, 1013, 896, 807, 738, 701, 675.0])
+    t50 = torch.tensor([2596, 1294, 891, 661, 514, 429, 373, 332, 298.0])
+    assert rate_of_change(t1, t50, 50)[0].item() == pytest.approx(8.32)
+    assert select_mls(rate_of_change(t1, t50, 50)) == 1
+    # ties → smaller prefix, NaN never wins, class-wise gives one size per class
+    assert select_mls(torch.tensor([1.0, 1.0, 0.5])) == 1
+    assert select_mls(torch.tensor([float("nan"), 0.2, 0.1])) == 2
+    assert select_mls(torch.tensor([[0.1, 0.9], [0.8, 0.2]])).tolist() == [2, 1]
+
+
+def test_freezing_rule_eq10():
+    assert freeze_after(1, 3, 0) == 1  # grow 1→3: freeze rank 0
+    assert freeze_after(3, 5, 1) == 3  # grow again: freeze the previous MLS
+    assert freeze_after(3, 2, 1) == 0  # shrink: update everything
+    assert freeze_after(3, 3, 1) == 1  # same size: unchanged
+    assert freeze_after(1, 3, 0, enabled=False) == 0
+
+
+# ------------------------------------------------------------------ hooks on hand-made sequences
+
+
+def _feed(hooks: MultisizeHooks, t: int, distances: list[list[float]]) -> None:
+    """One outer iteration whose per-class averaged distances are ``distances`` [K][N-1]."""
+    hooks.begin_outer(t)
+    for c, d in enumerate(distances):
+        hooks.meter.add(c, torch.tensor(d, dtype=torch.float64))
+    hooks.end_outer(t)
+
+
+def test_hooks_select_every_delta_t_and_freeze():
+    h = MultisizeHooks(MDCConfig(delta_t=2), ipc=4, num_classes=2)
+    assert h.mls == [1, 1] and h.prefixes([0]) == (None, 1)
+    _feed(h, 0, [[9, 5, 4], [9, 5, 4]])  # reference
+    _feed(h, 1, [[8, 4, 1], [8, 4, 1]])  # t=1: (1+1) % 2 == 0 → select: n=3 dropped most
+    assert h.mls == [3, 3] and h.frozen == [1, 1]
+    assert h.prefixes([1]) == (None, 3)
+    _feed(h, 2, [[0, 0, 0], [0, 0, 0]])  # not a selection step (Δt respected)
+    assert h.mls == [3, 3]
+    _feed(h, 3, [[8, 3.5, 1], [8, 3.5, 1]])  # vs t=1: n=2 changed most → shrink 3→2
+    assert h.mls == [2, 2] and h.frozen == [0, 0]
+    hist = h.metadata()["mdc"]["history"]
+    assert [(e["t"], e["mls"], e["frozen"]) for e in hist] == [(0, 1, 0), (1, 3, 1), (3, 2, 0)]
+
+
+def test_hooks_class_wise_choose_per_class():
+    h = MultisizeHooks(MDCConfig(delta_t=1, class_wise=True), ipc=4, num_classes=2)
+    _feed(h, 0, [[9, 5, 4], [9, 5, 4]])
+    _feed(h, 1, [[8, 5, 1], [1, 5, 4]])
+    assert h.mls == [3, 1] and h.frozen == [1, 0]
+    assert h.prefixes([0, 1]) == (None, 1, 3)
+    meta = h.metadata()["mdc"]
+    assert meta["mls"] == [3, 1] and meta["history"][-1]["frozen"] == [1, 0]
+
+
+def test_hooks_window_and_state_roundtrip():
+    h = MultisizeHooks(MDCConfig(delta_t=2, window=2), ipc=3, num_classes=1)
+    for t, d in enumerate([[4, 2], [4, 2], [3, 2], [2, 0]]):
+        _feed(h, t, [d])
+    # reference (t=0) = [4,2]; t=1 smoothed [4,2] → rates 0 → tie → 1; t=3 smoothed [2.5,1] vs [4,2]
+    assert h.mls == [1]
+    state = h.state_dict()
+    h2 = MultisizeHooks(MDCConfig(delta_t=2, window=2), ipc=3, num_classes=1)
+    h2.load_state_dict(state)
+    assert h2.state_dict() == state
+    with pytest.raises(CondenseError):
+        MultisizeHooks(MDCConfig(), ipc=3, num_classes=2).load_state_dict(state)
+
+
+def test_combine_adds_the_weighted_mls_loss_and_records_distances():
+    h = MultisizeHooks(MDCConfig(subset_weight=0.5), ipc=3, num_classes=1)
+    owner = torch.arange(3).repeat_interleave(2)
+    out = MatchOutput(
+        cls=0,
+        losses={None: torch.tensor(2.0), 1: torch.tensor(4.0)},
+        syn_features=torch.arange(12.0).view(6, 2),
+        syn_owner=owner,
+        real_features=torch.zeros(5, 2),
+    )
+    assert h.combine([out]).item() == pytest.approx(4.0)
+    assert h.meter.counts[0].tolist() == [1.0, 1.0]
+    with pytest.raises(CondenseError, match="prefix 1"):
+        h.combine([MatchOutput(cls=0, losses={None: torch.tensor(1.0)})])
+    with pytest.raises(CondenseError, match="features"):
+        h.combine([MatchOutput(cls=0, losses={None: torch.tensor(1.0), 1: torch.tensor(1.0)})])
+
+
+def test_build_hooks_and_config_errors():
+    assert type(build_hooks("none", {}, ipc=3, num_classes=2)) is EngineHooks
+    h = build_hooks("MDC", {"delta_t": 5, "class_wise": True}, ipc=3, num_classes=2)
+    assert isinstance(h, MultisizeHooks) and h.config.delta_t == 5
+    with pytest.raises(ConfigError, match="delta"):
+        build_hooks("mdc", {"delta": 5}, ipc=3, num_classes=2)
+    with pytest.raises(ConfigError):
+        build_hooks("mdcx", {}, ipc=3, num_classes=2)
+    with pytest.raises(ConfigError, match="delta_t"):
+        MultisizeHooks(MDCConfig(delta_t=0), ipc=3, num_classes=2)
+    with pytest.raises(ConfigError):
+        MultisizeHooks(MDCConfig(metric="cosine"), ipc=3, num_classes=2)
+    assert mdc_preset("paper", "cifar10")["delta_t"] == 100
+    # ipc 1: MDC is the plain condensation
+    one = MultisizeHooks(MDCConfig(), ipc=1, num_classes=2)
+    assert one.prefixes([0]) == (None,)
+
+
+# ------------------------------------------------------------------ frozen ranks under momentum
+
+
+def test_frozen_ranks_bitwise_unchanged_under_momentum():
+    """The engine's step order: combine → backward → mask_grad → SGD(momentum) → clamp → after_step."""
+    g = torch.Generator().manual_seed(0)
+    syn = SyntheticSet(torch.randn(2, 4, 1, 4, 4, generator=g), factor=1, mean=(0.5,), std=(0.25,))
+    h = MultisizeHooks(MDCConfig(delta_t=1), ipc=4, num_classes=2)
+    h.bind(syn)
+    opt = torch.optim.SGD([syn.images], lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    def step():
+        loss = (syn.images**2).sum()
+        opt.zero_grad()
+        loss.backward()
+        h.mask_grad(syn.images.grad)
+        opt.step()
+        syn.clamp_()
+        h.after_step(syn)
+
+    for _ in range(3):  # build up momentum on every rank
+        step()
+    _feed(h, 0, [[9, 5, 4], [9, 5, 4]])
+    _feed(h, 1, [[8, 4, 1], [8, 4, 1]])  # MLS 1 → 3 freezes rank 0
+    assert h.frozen == [1, 1]
+    before = syn.images.detach().clone()
+    for _ in range(3):
+        step()
+    after = syn.images.detach()
+    assert torch.equal(after[:, :1], before[:, :1])
+    assert not torch.equal(after[:, 1:], before[:, 1:])
+
+
+# ------------------------------------------------------------------ with the real engine (tiny)
+
+TINY = dict(iterations=3, factor=1, batch_real=8, model_kwargs={"width": 8}, inner_steps=2, net_samples=16, net_batch=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_ds():
+    import numpy as np
+
+    from edgecond.data import from_arrays
+
+    g = np.random.default_rng(0)
+    k = 3
+    y = np.repeat(np.arange(k), 12)
+    x = (g.random((len(y), 1, 8, 8)) * 0.5 + y[:, None, None, None] / k * 0.5).astype(np.float32)
+    yt = np.repeat(np.arange(k), 4)
+    xt = (g.random((len(yt), 1, 8, 8)) * 0.5 + yt[:, None, None, None] / k * 0.5).astype(np.float32)
+    return from_arrays("tiny", x, y, xt, yt)
+
+
+def test_tiny_mdc_condense_writes_mls_history(tiny_ds, tmp_path):
+    from edgecond.buffer import MultisizeBuffer
+    from edgecond.condense import condense, condense_preset
+
+    cfg = condense_preset("idc", "quick", "tiny", ipc=3, hooks="mdc", hooks_config={"delta_t": 1}, **TINY)
+    res = condense(tiny_ds, cfg, progress=False)
+    path = tmp_path / "mdc.safetensors"
+    res.buffer.save(path)
+    meta = MultisizeBuffer.load(path).meta.extra["mdc"]
+    assert meta["config"]["delta_t"] == 1
+    assert [e["t"] for e in meta["history"]] == [0, 1, 2]  # reference at t=0, selections at t=1, 2
+    assert all(1 <= e["mls"] <= 2 for e in meta["history"])
+    assert meta["history"][0] == {"t": 0, "selected": False, "mls": 1, "frozen": 0}
+
+
+class _Recording(MultisizeHooks):
+    def bind(self, syn):
+        super().bind(syn)
+        self.initial = syn.images.detach().clone()
+
+
+def test_frozen_ranks_bitwise_unchanged_in_the_engine(tiny_ds):
+    from edgecond.condense import condense, condense_preset
+
+    cfg = condense_preset("idc", "quick", "tiny", ipc=3, **TINY)
+    assert cfg.momentum_img > 0
+    hooks = _Recording(MDCConfig(delta_t=1000), ipc=3, num_classes=3)
+    hooks.load_state_dict({"mls": [2, 2, 2], "frozen": [1, 1, 1]})  # as after an MLS 1 → 2 step
+    condense(tiny_ds, cfg, hooks=hooks, progress=False)
+    final = hooks._syn.images.detach()
+    assert torch.equal(final[:, :1], hooks.initial[:, :1])
+    assert not torch.equal(final[:, 1:], hooks.initial[:, 1:])
+
+
+def test_baseline_b_and_c_assembly(tiny_ds):
+    import numpy as np
+
+    from edgecond.condense.baselines import SubsetDegradationConfig, baseline_b, baseline_c, concat_size_one
+
+    cfg = SubsetDegradationConfig(dataset="tiny", ipc=3, condense_overrides=dict(TINY, iterations=1))
+    ms_b, runs = baseline_b(tiny_ds, cfg, progress=False)
+    assert len(runs) == 3 and ms_b.runs == 3
+    buf = ms_b.buffers[0]
+    assert buf.ipc == 3 and buf.num_classes == 3
+    stored = buf.images_class_major()
+    for k, r in enumerate(runs):  # run k is rank k of every class
+        np.testing.assert_allclose(stored[:, k], r.buffer.images_class_major()[:, 0], atol=1e-6)
+    # different runs started from different real images
+    assert not np.allclose(stored[:, 0], stored[:, 1])
+    for n in (1, 2, 3):
+        x, y, nbytes = ms_b.sets[n]
+        assert x.shape == (3 * n, 1, 8, 8) and y.shape == (3 * n,) and nbytes == buf.bytes_for(n)
+    ms_c, res_c = baseline_c(tiny_ds, cfg, progress=False)
+    assert sorted(ms_c.sets) == [1, 2, 3] and ms_c.runs == 1
+    assert ms_c.sets[2][0].shape == (6, 1, 8, 8)
+    assert torch.equal(ms_c.sets[1][0], ms_c.sets[3][0][:3])  # rank-major: prefix 1 = first rows
+    with pytest.raises(ConfigError):
+        concat_size_one([np.zeros((3, 2, 1, 8, 8))])
