@@ -81,13 +81,14 @@ class ContinualBenchConfig:
     condense_overrides: dict = field(default_factory=dict)
     model: str = "convnet"
     model_kwargs: dict = field(default_factory=lambda: {"width": 64})
-    gdumb_epochs: int = 60
-    replay_epochs: int = 8
-    lr: float = 0.01
+    gdumb_epochs: int = 50
+    replay_epochs: int = 10
+    lr: float = 0.05  #: SGD, constant; 0.01 underfits a from-scratch ConvNet in a few hundred steps
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int = 64
-    augment: str = "color_crop_cutout_flip_scale_rotate"
+    batch_size: int = 32  #: stream and memory mini-batch size
+    #: DiffAugment of every training mini-batch. Digits: "crop" (flip/rotate/cutout hurt 8x8 digits)
+    augment: str = "crop"
     seeds: tuple[int, ...] = (0, 1)
     protocols: tuple[str, ...] = PROTOCOLS
     budgets: tuple[str, ...] = BUDGETS
@@ -112,14 +113,14 @@ def preset(name: str, dataset: str) -> ContinualBenchConfig:
     cfg = ContinualBenchConfig(dataset=dataset)
     if key == "digits":
         # 8x8 images: factor 1 (4x4 tiles are too coarse), small ConvNet
-        cfg.condense_overrides = {"factor": 1, "iterations": 100, "dtype": "float16",
+        cfg.condense_overrides = {"factor": 1, "iterations": 50, "dtype": "float16",
                                   "model_kwargs": {"width": 32, "depth": 3, "norm": "instance"}}
         cfg.herding_overrides = {"model_kwargs": {"width": 32, "depth": 3, "norm": "instance"},
                                  "method_config": {"train_steps": 100, "batch": 128}}
     elif key.startswith("cifar"):
         cfg.condense_overrides = {"factor": 2, "iterations": 200}
         cfg.model_kwargs = {"width": 128}
-        cfg.unit = "images"
+        cfg.augment = "color_crop_cutout_flip_scale_rotate"
     if name == "quick":
         return cfg
     if name == "paper":
@@ -417,22 +418,69 @@ def run(cfg: ContinualBenchConfig, out: Path, *, cache_dir: Path, device: str = 
                     log.info("  %s: final accuracy %.3f forgetting %.3f (%.1fs)", name,
                              res["final_accuracy"], res["forgetting"], res["seconds"])
                     raw.setdefault(protocol, {}).setdefault(budget, {}).setdefault(arm, {})[seed] = res
-    summary = summarize(raw, cfg)
-    meta = {
-        "config": asdict(cfg),
+    (out / "continual_raw.json").write_text(json.dumps(_raw_jsonable(raw), indent=1))
+    return finish(raw, cfg, out, {
         "seconds_total": time.perf_counter() - t_start,
         "condense_seconds": condense_seconds,
         "threads": torch.get_num_threads(),
         "device": device,
-        "headline": "/".join(HEADLINE),
         "dataset": ds.summary(),
-        "note": "timings on a shared CPU (other jobs running) unless stated otherwise",
-    }
+    })
+
+
+def _raw_jsonable(raw: dict) -> dict:
+    return {p: {b: {a: {str(s): r for s, r in seeds.items()} for a, seeds in arms.items()}
+                for b, arms in budgets.items()} for p, budgets in raw.items()}
+
+
+def finish(raw: dict, cfg: ContinualBenchConfig, out: Path, info: dict) -> dict:
+    """Write JSON/Markdown/PNG for ``raw[protocol][budget][arm][seed]`` results."""
+    summary = summarize(raw, cfg)
+    meta = {**info,
+            "config": asdict(cfg),
+            "headline": "/".join(HEADLINE),
+            "note": "timings on a shared, heavily loaded 2-core CPU unless stated otherwise"}
     (out / "continual.json").write_text(json.dumps(summary, indent=2))
     (out / "continual_meta.json").write_text(json.dumps(meta, indent=2, default=str))
     write_markdown(summary, cfg, meta, out / "continual.md")
     write_plot(summary, cfg, out / "continual.png")
     return summary
+
+
+def merge(dirs: list[Path], out: Path) -> tuple[dict, ContinualBenchConfig]:
+    """Combine runs of the same config made in several processes (e.g. one per seed)."""
+    raw: dict = {}
+    cfg = None
+    infos = []
+    for d in dirs:
+        part = json.loads((d / "continual_raw.json").read_text())
+        meta = json.loads((d / "continual_meta.json").read_text())
+        c = dict(meta["config"])
+        seeds = c.pop("seeds")
+        if cfg is None:
+            cfg, first, all_seeds = c, d, list(seeds)
+        else:
+            if c != cfg:
+                raise ConfigError(f"{d} was run with another config than {first}; merge only runs of one config.")
+            all_seeds += [s for s in seeds if s not in all_seeds]
+        infos.append({"dir": str(d), "seconds_total": meta.get("seconds_total"),
+                      "condense_seconds": meta.get("condense_seconds"), "threads": meta.get("threads")})
+        for p, budgets in part.items():
+            for b, arms in budgets.items():
+                for a, runs in arms.items():
+                    for s, r in runs.items():
+                        raw.setdefault(p, {}).setdefault(b, {}).setdefault(a, {})[int(s)] = r
+    if cfg is None:
+        raise ConfigError("nothing to merge; pass the --out folders of earlier runs.")
+    cfg_obj = ContinualBenchConfig(**{**cfg, "seeds": tuple(sorted(all_seeds))})
+    for name in ("changing", "protocols", "budgets", "arms"):
+        setattr(cfg_obj, name, tuple(getattr(cfg_obj, name)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "continual_raw.json").write_text(json.dumps(_raw_jsonable(raw), indent=1))
+    wall = [i["seconds_total"] or 0.0 for i in infos]
+    summary = finish(raw, cfg_obj, out, {"merged_from": infos, "seconds_total": max(wall) if wall else 0.0,
+                                          "threads": infos[0]["threads"]})
+    return summary, cfg_obj
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,8 +503,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="TextLogger files instead of InteractiveLogger")
     p.add_argument("--progress", action="store_true", help="condensation progress bars")
+    p.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="combine the --out folders of earlier runs (e.g. one process per seed) into --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.merge:
+        summary, cfg = merge([Path(d) for d in args.merge], Path(args.out))
+        _print_summary(summary, cfg, Path(args.out))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = preset(args.preset, args.dataset)
@@ -474,12 +528,16 @@ def main(argv: list[str] | None = None) -> int:
 
     device = str(resolve_device(args.device))
     summary = run(cfg, out, cache_dir=cache, device=device, quiet=args.quiet, progress=args.progress)
+    _print_summary(summary, cfg, out)
+    return 0
+
+
+def _print_summary(summary: dict, cfg: ContinualBenchConfig, out: Path) -> None:
     for arm in cfg.arms:
         r = summary[arm]
         print(f"{arm:>11}: final accuracy {100 * r['final_accuracy']:.1f} ± {100 * r['final_accuracy_std']:.1f}  "
               f"forgetting {100 * r['forgetting']:.1f} ± {100 * r['forgetting_std']:.1f}  ({r['setting']})")
     print(f"wrote {out / 'continual.json'}")
-    return 0
 
 
 if __name__ == "__main__":

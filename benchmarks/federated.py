@@ -55,8 +55,11 @@ PRESETS = {
 
 
 def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, device: str,
-                  log) -> dict:
-    """``{arm: (path, seconds)}`` for the three shipping arms (cached on disk)."""
+                  log, arms=("random", "baseline-c", "mdc")) -> dict:
+    """``{arm: (path, condense seconds or None, digest)}`` for the shipping arms.
+
+    Buffers are cached in ``out_dir``; an existing file is reused (its condensation time is then
+    read from the ``.json`` note written beside it, when present)."""
     from edgecond.buffer import MultisizeBuffer
     from edgecond.condense.engine import condense, condense_preset
     from edgecond.data import load_dataset
@@ -71,19 +74,27 @@ def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, 
     result = {}
     for arm, (method, hooks, cpreset) in plans.items():
         path = out_dir / f"{dataset_name}-{arm}-ipc{preset['ipc']}-s{seed}.safetensors"
+        note = path.with_suffix(".json")
         if path.is_file():
-            MultisizeBuffer.load(path)  # validates
-            result[arm] = (path, None)
-            log(f"[buffers] {arm}: reusing {path}")
+            buf = MultisizeBuffer.load(path)  # validates
+            seconds = json.loads(note.read_text()).get("condense_s") if note.is_file() else None
+            result[arm] = (path, seconds, buf.digest)
+            log(f"[buffers] {arm}: reusing {path} (condensed in {seconds} s)")
+            continue
+        if arm not in arms:
             continue
         dataset = dataset or load_dataset(dataset_name)
         cfg = condense_preset(method, cpreset, dataset_name, ipc=preset["ipc"], hooks=hooks, seed=seed)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = condense(dataset, cfg, device=device, progress=False)
         res.buffer.save(path)
-        result[arm] = (path, time.perf_counter() - t0)
+        seconds = round(time.perf_counter() - t0, 1)
+        note.write_text(json.dumps({"condense_s": seconds, "condense_cpu_s": round(time.process_time() - c0, 1),
+                                    "method": method, "hooks": hooks,
+                                    "preset": cpreset, "iterations": cfg.iterations}))
+        result[arm] = (path, seconds, res.buffer.digest)
         log(f"[buffers] {arm}: {method}/{cpreset} hooks={hooks} ipc={cfg.ipc} "
-            f"{cfg.iterations} it in {result[arm][1]:.1f} s -> {path}")
+            f"{cfg.iterations} it in {seconds:.1f} s -> {path}")
     return result
 
 
@@ -107,7 +118,7 @@ def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
                for c in range(fcfg.num_partitions)}
     acc0 = task.central_evaluate(fcfg, arrays)["test-acc"]
     out = {"accuracy": [], "bytes": [], "cumulative_bytes": [], "mean_ipc": [], "initial_accuracy": acc0}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     total = 0
     for rnd in range(1, rounds + 1):
         replies, sent, ipcs = [], 0, []
@@ -140,6 +151,7 @@ def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
         log(f"[{arm}] round {rnd:3d}: acc {acc:.4f}  sent {sent:6d} B (total {total:7d})  "
             f"mean ipc {np.mean(ipcs):.1f}  {time.perf_counter() - t0:.0f} s")
     out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["cpu_s"] = round(time.process_time() - c0, 1)  # ~ uncontended wall time at --threads 1
     return out
 
 
@@ -162,6 +174,7 @@ def summarize(results: dict) -> list[dict]:
             "rounds_to_none_final": rounds_to_reach(r["accuracy"], none_final),
             "total_bytes": r["cumulative_bytes"][-1],
             "wall_s": r["seconds"],
+            "cpu_s": r.get("cpu_s"),
         })
     return rows
 
@@ -174,13 +187,13 @@ def write_outputs(out: Path, payload: dict) -> None:
         f"{payload['config']['clients']} clients, Dirichlet alpha={payload['config']['alpha']}, "
         f"{payload['config']['rounds']} rounds, budget trace `{payload['config']['budget']}`, "
         f"seed(s) {payload['config']['seeds']}.", "",
-        "| arm | final acc | best acc | rounds to none's final | total bytes | wall s |",
-        "|---|---|---|---|---|---|",
+        "| arm | final acc | best acc | rounds to none's final | total bytes | wall s | CPU s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in payload["summary"]:
         lines.append(f"| {row['arm']} | {row['final_accuracy']:.4f} | {row['best_accuracy']:.4f} | "
                      f"{row['rounds_to_none_final'] if row['rounds_to_none_final'] is not None else '—'} | "
-                     f"{row['total_bytes']} | {row['wall_s']} |")
+                     f"{row['total_bytes']} | {row['wall_s']} | {row['cpu_s']} |")
     (out / "federated.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -216,8 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default=None, help="budget trace spec (default: the preset's)")
     p.add_argument("--seeds", default=None, help="comma list (default: the preset's)")
     p.add_argument("--buffer-mode", default="mix", choices=["mix", "warmup"])
+    p.add_argument("--buffer-seed", type=int, default=None,
+                   help="condense the buffers once with this seed and share them across --seeds "
+                        "(default: one condensation per seed)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help="comma list of arms to run now; finished arms are cached in OUT/arms/ and "
+                        "reused when their config matches, so the JSON/PNG are written once all exist")
     args = p.parse_args(argv)
 
     import torch
@@ -243,14 +262,34 @@ def main(argv: list[str] | None = None) -> int:
         log_file.flush()
 
     t_all = time.perf_counter()
+    run_now = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = sorted(set(run_now) - set(ARMS))
+    if unknown:
+        p.error(f"unknown arm(s) {unknown}; expected some of {', '.join(ARMS)}")
     per_seed = []
     buffer_info = {}
+    incomplete = False
     for seed in preset["seeds"]:
+        need_buffers = [a for a in run_now if a != "none"]
         buffers = build_buffers(args.dataset, preset, Path(args.buffers_dir or out / "buffers"),
-                                seed=seed, device=args.device, log=log)
-        buffer_info[seed] = {arm: {"path": str(pth), "condense_s": s} for arm, (pth, s) in buffers.items()}
+                                seed=seed if args.buffer_seed is None else args.buffer_seed,
+                                device=args.device, log=log, arms=need_buffers)
+        buffer_info[seed] = {arm: {"path": str(pth), "condense_s": s} for arm, (pth, s, _) in buffers.items()}
         results = {}
         for arm in ARMS:
+            key = json.dumps({"arm": arm, "seed": seed, "dataset": args.dataset, "mode": args.buffer_mode,
+                              "preset": {k: v for k, v in preset.items() if k != "seeds"},
+                              "buffer": buffers[arm][2] if arm in buffers else None},
+                             sort_keys=True, default=str)
+            cache = out / "arms" / f"{arm}-s{seed}.json"
+            if arm not in run_now:
+                if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+                    results[arm] = json.loads(cache.read_text())["result"]
+                    log(f"[{arm}] seed {seed}: reusing {cache}")
+                    continue
+                log(f"[{arm}] seed {seed}: not run yet (run with --arms {arm}); JSON/PNG not written")
+                results = None
+                break
             fcfg = FederatedConfig(
                 dataset=args.dataset, model=preset["model"], model_width=preset["model_width"],
                 buffer_mode="off" if arm == "none" else args.buffer_mode,
@@ -262,8 +301,16 @@ def main(argv: list[str] | None = None) -> int:
             if buf is not None:
                 results[arm]["buffer"] = {"path": str(buffers[arm][0]), "ipc": buf.ipc,
                                           "bytes_for": [buf.bytes_for(n) for n in range(1, buf.ipc + 1)],
-                                          "method": buf.meta.method}
+                                          "method": buf.meta.method, "digest": buffers[arm][2],
+                                          "condense_s": buffers[arm][1]}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"key": key, "result": results[arm]}))
+        if results is None:
+            incomplete = True
+            continue
         per_seed.append(results)
+    if incomplete:
+        return 0
 
     arms = {}
     for arm in ARMS:
@@ -277,21 +324,26 @@ def main(argv: list[str] | None = None) -> int:
             "cumulative_bytes": [int(b) for b in cum.mean(0).round()],
             "mean_ipc": [round(float(v), 2) for v in np.mean([r[arm]["mean_ipc"] for r in per_seed], 0)],
             "seconds": round(float(np.sum([r[arm]["seconds"] for r in per_seed])), 1),
+            "cpu_s": round(float(np.sum([r[arm].get("cpu_s", float("nan")) for r in per_seed])), 1),
             "per_seed": [r[arm] for r in per_seed],
         }
     payload = {
         "dataset": args.dataset, "preset": args.preset,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in preset.items()},
         "buffer_mode": args.buffer_mode,
+        "buffer_seed": args.buffer_seed,
         "driver": "in-process (edgecond.federated.Shipper + clients.task.client_round + flwr aggregate_arrayrecords)",
         "buffers": {str(k): v for k, v in buffer_info.items()},
         "arms": arms,
-        "wall_s": round(time.perf_counter() - t_all, 1),
+        "wall_s_this_invocation": round(time.perf_counter() - t_all, 1),
+        "wall_s_total": round(sum(a["seconds"] for a in arms.values()) + sum(
+            (v["condense_s"] or 0.0) for info in buffer_info.values() for v in info.values()), 1),
         "torch_threads": torch.get_num_threads(),
     }
     payload["summary"] = summarize(arms)
     write_outputs(out, payload)
-    log(f"done in {payload['wall_s']:.0f} s -> {out / 'federated.json'}")
+    log(f"done: this invocation {payload['wall_s_this_invocation']:.0f} s, all arms + condensation "
+        f"{payload['wall_s_total']:.0f} s -> {out / 'federated.json'}")
     for row in payload["summary"]:
         log(json.dumps(row))
     return 0

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="CondenseConfig/method overrides for every condensation, e.g. iterations=30")
     p.add_argument("--mdc", type=_kv, default={}, metavar="K=V,...", help="MDCConfig overrides, e.g. delta_t=5")
     p.add_argument("--eval", type=_kv, default={}, metavar="K=V,...", help="EvalConfig overrides, e.g. epochs=200")
+    p.add_argument("--a-sizes", default=None, help="only these sizes of Baseline A, e.g. 1,2,3 (split A across processes)")
     p.add_argument("--validation", type=int, default=0, metavar="PER_CLASS",
                    help="evaluate on PER_CLASS images per class held out of TRAIN (tuning)")
     p.add_argument("--cost-only", action="store_true", help="only measure MDC / base seconds per iteration")
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: small convnets on shared cores run fastest so)")
     p.add_argument("--save-buffers", action="store_true")
+    p.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="only merge DIR/subset_degradation.json of runs made with --methods subsets into --out")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -64,6 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     from edgecond.utils import set_cpu_threads
 
     set_cpu_threads(args.threads)
+    if args.merge:
+        from edgecond.condense.baselines import SubsetDegradationResult, merge_results
+
+        parts = [SubsetDegradationResult.from_dict(json.loads((Path(d) / "subset_degradation.json").read_text()))
+                 for d in args.merge]
+        try:
+            merged = merge_results(parts)
+        except EdgecondError as exc:
+            print(f"subset_degradation: error: {exc}", file=sys.stderr)
+            return 2
+        paths = merged.write(args.out)
+        print(merged.to_markdown())
+        print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+        return 0
     try:
         dataset = load_dataset(args.dataset)
         if args.validation:
@@ -73,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds=tuple(range(args.seeds)), seed=args.seed,
             methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
             condense_overrides=args.condense, mdc=args.mdc, eval_overrides=args.eval, device=args.device,
+            a_sizes=[int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None,
         )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

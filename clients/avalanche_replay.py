@@ -214,6 +214,7 @@ class CondensedBuffer(ExemplarsBuffer):
                 )
         self._classes: dict[int, _ClassSource] = {}   # stream class id -> source, in order seen
         self._decoded: dict[int, torch.Tensor] = {}   # stream class id -> all items (decoded)
+        self._class_major: dict[int, tuple] = {}      # id(buffer) -> (buffer, class-major images)
         self._format: _ItemFormat | None = None
         self.counts: dict[int, int] = {}               # stream class id -> stored images held
         self.history: list[dict] = []                  # one entry per (re)allocation
@@ -312,7 +313,10 @@ class CondensedBuffer(ExemplarsBuffer):
         if c not in self._decoded:
             s = self._classes[c]
             buf = s.buffer
-            images = buf.images_class_major()[s.slot]                    # [N, C, H, W] pixel
+            held = self._class_major.get(s.key)
+            if held is None or held[0] is not buf:                       # read each buffer once
+                held = self._class_major[s.key] = (buf, buf.images_class_major())  # [K, N, C, H, W]
+            images = held[1][s.slot]                                     # [N, C, H, W] pixel
             x = torch.from_numpy(np.ascontiguousarray(decode_numpy(images, int(buf.factor))))
             if self.normalize:
                 mean = torch.tensor(buf.meta.mean, dtype=x.dtype).view(1, -1, 1, 1)

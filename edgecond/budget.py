@@ -113,7 +113,7 @@ def ipc_for_bytes(buffer_or_meta: Any, max_bytes: Bytes, *, held: int = 0, prove
         if n == 0:
             need = meta.bytes_for(1, provenance=provenance)
             return BudgetDecision(0, 0, f"budget {format_bytes(budget)} is below one rank "
-                                        f"({format_bytes(need)} = {need} bytes for a {form}n=1 slice); nothing is sent")
+                                        f"({format_bytes(need)} = {need} bytes for the {form}n=1 slice); nothing is sent")
         cost = meta.bytes_for(n, provenance=provenance)
     else:
         lo, hi = held, meta.ipc  # delta_bytes is increasing in the target

@@ -7,9 +7,12 @@ phones and torch-free clients can use it).
 - images are stored **rank-major** ``[N, K, C, H, W]``: ranks ``0..n-1`` of every class are one
   contiguous prefix of the data, so slicing to ``n`` ranks copies byte ranges and decodes
   nothing;
-- a per-rank SHA-256 chain (metadata ``digest``) covers the header and every rank: verifying a
-  prefix costs only that prefix, slicing hashes nothing new, and a delta ``ranks(a, b)`` is
-  verified by continuing the chain;
+- a per-rank SHA-256 chain (metadata ``digest``, 128-bit entries) covers the essential metadata
+  and every rank: verifying a prefix costs only that prefix, slicing hashes nothing new, and a
+  delta ``ranks(a, b)`` is verified by continuing the chain;
+- provenance (method, config, accuracy table, extra) has its own digest ``prov`` and can be
+  dropped: ``slice_to(dest, n, provenance=False)`` writes a *lean* slice (same rank digests),
+  the form to ship to clients (Flower payloads, deploy bundles);
 - every malformed input raises :class:`~edgecond.errors.BufferFormatError`.
 
 Typical use::
@@ -20,6 +23,8 @@ Typical use::
     buf = MultisizeBuffer.load("cifar10-mdc.safetensors")       # memory-mapped
     n = buf.largest_fitting(200_000)                            # budget in bytes -> ranks
     buf.slice_to("client.safetensors", n)                       # exactly buf.bytes_for(n) bytes
+    n = buf.largest_fitting(200_000, provenance=False)          # ... the same for lean slices
+    buf.slice_to("lean.safetensors", n, provenance=False)       # buf.bytes_for(n, provenance=False)
     x, y = buf.training_arrays(n)                               # float32 pixel space, int64
 """
 from __future__ import annotations
@@ -46,6 +51,7 @@ __all__ = [
     "FORMAT",
     "DELTA_FORMAT",
     "MAX_HEADER_BYTES",
+    "PROVENANCE_KEYS",
     "TensorSpec",
     "BufferMeta",
     "MultisizeBuffer",

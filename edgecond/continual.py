@@ -438,9 +438,12 @@ def condense_classes(
         extra=extra,
     )
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    relabelled.save(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.safetensors.tmp")  # atomic; concurrent runs safe
+    try:
+        relabelled.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return MultisizeBuffer.load(path, mmap=False)
 
 

@@ -160,8 +160,9 @@ class ImageDataset:
         )
 
 
-def _to_float_nchw(images: np.ndarray, what: str) -> np.ndarray:
-    """uint8/float, [N,H,W] | [N,H,W,C] | [N,C,H,W] → float32 [N,C,H,W] in [0,1]."""
+def _to_float_nchw(images: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8/float, [N,H,W] | [N,H,W,C] | [N,C,H,W] → float32 [N,C,H,W] in [0,1], and the
+    contiguous uint8 NCHW array when the input was uint8 (else None)."""
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[:, None]
@@ -181,7 +182,8 @@ def _to_float_nchw(images: np.ndarray, what: str) -> np.ndarray:
             f"{what} has shape {arr.shape} ({arr.ndim} dims); expected [N, C, H, W], [N, H, W, C] or [N, H, W]."
         )
     if arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
+        u8 = np.ascontiguousarray(arr)
+        return torch.from_numpy(u8).to(torch.float32).div_(255.0).numpy(), u8  # multi-threaded
     elif np.issubdtype(arr.dtype, np.floating):
         out = arr.astype(np.float32)
         if out.size:
@@ -194,7 +196,7 @@ def _to_float_nchw(images: np.ndarray, what: str) -> np.ndarray:
             out = np.clip(out, 0.0, 1.0)
     else:
         raise DatasetError(f"{what} has dtype {arr.dtype}; expected uint8 (0..255) or float in [0, 1].")
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(out), None
 
 
 def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
@@ -211,6 +213,28 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     return arr
 
 
+def _channel_stats(u8: np.ndarray | None, x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std (population) of ``x`` [N, C, H, W]; exact and fast from a histogram
+    of the uint8 pixels ``u8`` when given, else accumulated in float64 by torch."""
+    means, stds = [], []
+    if u8 is not None:
+        levels = np.arange(256, dtype=np.float64) / 255.0
+        for c in range(x.shape[1]):
+            hist = np.bincount(u8[:, c].reshape(-1), minlength=256).astype(np.float64)
+            n = hist.sum()
+            m = float((hist * levels).sum() / n)
+            v = float((hist * (levels - m) ** 2).sum() / n)
+            means.append(m)
+            stds.append(max(v ** 0.5, 1e-6))
+    else:
+        t = torch.from_numpy(x)
+        for c in range(x.shape[1]):
+            ch = t[:, c].double()
+            means.append(float(ch.mean()))
+            stds.append(max(float(ch.std(unbiased=False)), 1e-6))
+    return tuple(means), tuple(stds)
+
+
 def from_arrays(
     name: str,
     x_train: np.ndarray,
@@ -220,13 +244,15 @@ def from_arrays(
     *,
     class_names: Sequence[str] | None = None,
     source: str = "",
+    stats: np.ndarray | None = None,
 ) -> ImageDataset:
     """Build an :class:`ImageDataset` from numpy arrays (uint8 or float [0,1]; NHWC/NCHW/NHW).
 
-    Mean and std are computed per channel on the training split.
+    Mean and std are computed per channel on the training split (``stats`` = precomputed
+    ``[[mean...], [std...]]`` skips that, e.g. from a cache).
     """
-    xtr = _to_float_nchw(x_train, f"{name}: x_train")
-    xte = _to_float_nchw(x_test, f"{name}: x_test")
+    xtr, xtr_u8 = _to_float_nchw(x_train, f"{name}: x_train")
+    xte, _ = _to_float_nchw(x_test, f"{name}: x_test")
     ytr = _labels(y_train, len(xtr), f"{name}: y_train")
     yte = _labels(y_test, len(xte), f"{name}: y_test")
     if len(xtr) == 0:
@@ -245,9 +271,10 @@ def from_arrays(
             f"{name}: labels go up to {k - 1} but only {len(class_names)} class names were given; "
             f"expected {k} names."
         )
-    # mean/std in float64 to avoid drift on large sets
-    mean = tuple(float(v) for v in xtr.mean(axis=(0, 2, 3), dtype=np.float64))
-    std = tuple(max(float(v), 1e-6) for v in xtr.std(axis=(0, 2, 3), dtype=np.float64))
+    if stats is not None and np.shape(stats) == (2, xtr.shape[1]):
+        mean, std = tuple(float(v) for v in stats[0]), tuple(float(v) for v in stats[1])
+    else:
+        mean, std = _channel_stats(xtr_u8, xtr)
     return ImageDataset(
         name=name,
         x_train=torch.from_numpy(xtr),
@@ -513,8 +540,6 @@ def _locate_fashion(root: Path) -> tuple[str, bool]:
 def _load_fashion(arg: str | None, root: Path, download: bool) -> ImageDataset:
     found = _find_idx_dir(_fashion_dirs(root))
     if found is None:
-        from torchvision import datasets as tvd
-
         if not download:
             raise DatasetError(
                 "dataset 'fashion-mnist' was not found: looked for train-images-idx3-ubyte(.gz), "
@@ -523,6 +548,8 @@ def _load_fashion(arg: str | None, root: Path, download: bool) -> ImageDataset:
                 + ". Install Debian's package (apt-get install dataset-fashion-mnist), or pass "
                 "download=True (CLI: --download) to fetch it with torchvision."
             )
+        from torchvision import datasets as tvd
+
         _tv_call("fashion-mnist", root, download,
                  lambda dl: [tvd.FashionMNIST(str(root), train=t, download=dl) for t in (True, False)],
                  "FashionMNIST/raw/*-ubyte")
@@ -632,21 +659,30 @@ def _load_npz(arg: str | None, root: Path, download: bool) -> ImageDataset:
 # --------------------------------------------------------------------------------------------
 
 
-def _list_images(split_dir: Path) -> dict[str, list[Path]]:
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {
-        c: sorted(p for p in (split_dir / c).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        for c in classes
-    }
+def _list_images(split_dir: Path, stats: dict[str, tuple[int, int]] | None = None) -> dict[str, list[Path]]:
+    """Sorted class folders → sorted image files. When ``stats`` is given, each file's
+    (size, mtime_ns) is recorded there during the same directory scan (cache fingerprint)."""
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    out: dict[str, list[Path]] = {}
+    for c in classes:
+        entries = [e for e in os.scandir(split_dir / c)
+                   if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]
+        entries.sort(key=lambda e: e.name)
+        if stats is not None:
+            for e in entries:
+                st = e.stat()
+                stats[e.path] = (st.st_size, st.st_mtime_ns)
+        out[c] = [Path(e.path) for e in entries]
+    return out
 
 
-def _fingerprint(listing: dict[str, dict[str, list[Path]]]) -> str:
+def _fingerprint(listing: dict[str, dict[str, list[Path]]], stats: dict[str, tuple[int, int]]) -> str:
     h = hashlib.sha256()
     for split in ("train", "test"):
         for c, files in listing[split].items():
             for p in files:
-                st = p.stat()
-                h.update(f"{split}/{c}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                size, mtime = stats.get(str(p)) or (p.stat().st_size, p.stat().st_mtime_ns)
+                h.update(f"{split}/{c}/{p.name}:{size}:{mtime}\n".encode())
     return h.hexdigest()
 
 
@@ -697,7 +733,8 @@ def _load_imagefolder(arg: str | None, root: Path, download: bool) -> ImageDatas
             f"{', '.join(have) if have else 'nothing' if folder.is_dir() else 'the folder does not exist'}); "
             "expected PATH/train/<class>/<image> and PATH/test/<class>/<image>."
         )
-    listing = {s: _list_images(folder / s) for s in ("train", "test")}
+    file_stats: dict[str, tuple[int, int]] = {}
+    listing = {s: _list_images(folder / s, file_stats) for s in ("train", "test")}
     classes = list(listing["train"])
     if not classes:
         raise DatasetError(f"{what}: {str(folder / 'train')!r} has no class folders; expected train/<class>/<image>.")
@@ -712,16 +749,17 @@ def _load_imagefolder(arg: str | None, root: Path, download: bool) -> ImageDatas
         raise DatasetError(
             f"{what}: train/ classes {empty} contain no images with suffix {', '.join(IMAGE_SUFFIXES)}."
         )
-    fp = _fingerprint(listing)
+    fp = _fingerprint(listing, file_stats)
     cache = _imagefolder_cache_path(folder)
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
                 if str(z["fingerprint"]) == fp:
                     log.debug("imagefolder cache hit %s", cache)
+                    stats = z["stats"] if "stats" in z.files else None
                     return from_arrays(f"imagefolder:{folder.name}", z["x_train"], z["y_train"], z["x_test"],
                                        z["y_test"], class_names=[str(c) for c in z["class_names"].tolist()],
-                                       source=str(folder.resolve()))
+                                       source=str(folder.resolve()), stats=stats)
         except Exception:  # a broken cache is rebuilt, never trusted
             log.info("ignoring unreadable cache %s", cache)
     mode, size = _probe_image(listing["train"][classes[0]][0])
@@ -732,15 +770,17 @@ def _load_imagefolder(arg: str | None, root: Path, download: bool) -> ImageDatas
         log.info("decoding %d %s images of %s", len(files), split, folder)
         arrays[f"x_{split}"] = _decode_images(files, mode, size, what).transpose(0, 3, 1, 2)
         arrays[f"y_{split}"] = labels
+    ds = from_arrays(f"imagefolder:{folder.name}", arrays["x_train"], arrays["y_train"], arrays["x_test"],
+                     arrays["y_test"], class_names=classes, source=str(folder.resolve()))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # unique per writer
-        np.savez(tmp, fingerprint=np.array(fp), class_names=np.array(classes, dtype=str), **arrays)
+        np.savez(tmp, fingerprint=np.array(fp), class_names=np.array(classes, dtype=str),
+                 stats=np.array([ds.mean, ds.std], dtype=np.float64), **arrays)
         os.replace(tmp, cache)
     except OSError as exc:
         log.warning("could not write the imagefolder cache %s (%s); decoding again next time", cache, exc)
-    return from_arrays(f"imagefolder:{folder.name}", arrays["x_train"], arrays["y_train"], arrays["x_test"],
-                       arrays["y_test"], class_names=classes, source=str(folder.resolve()))
+    return ds
 
 
 def _probe_image(path: Path) -> tuple[str, tuple[int, int]]:

@@ -1,7 +1,7 @@
 """``python -m edgecond.demo`` (what ``make demo`` runs): the multisize job end to end, offline.
 
-1. condense the bundled digits dataset ONCE with MDC over IDC (quick preset) into one multisize
-   buffer of 10 images per class;
+1. condense the bundled digits dataset ONCE with MDC over IDC (the benchmark's quick settings:
+   30 outer iterations × 5 inner steps) into one multisize buffer of 10 images per class;
 2. train a ConvNet from scratch on every prefix size 1..10 and measure test accuracy;
 3. print the table, write the measured accuracies into the buffer's metadata and save the
    buffer, a JSON report and an accuracy-vs-size plot under ``./out/demo/``.
@@ -24,7 +24,7 @@ def run_demo(out: str | Path = "out/demo", *, seeds: int = 1, fast: bool = False
              base: str = "idc", device: str = "cpu", progress: bool = True) -> dict:
     """Condense digits with MDC, evaluate every size, write buffer + JSON + PNG; return the report."""
     from .condense import condense, condense_preset
-    from .condense.baselines import SubsetDegradationResult
+    from .condense.baselines import BENCH_QUICK, SubsetDegradationResult
     from .condense.multisize import mdc_preset
     from .data import load_dataset
     from .evaluate import eval_preset, evaluate_buffer
@@ -32,13 +32,15 @@ def run_demo(out: str | Path = "out/demo", *, seeds: int = 1, fast: bool = False
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset("digits")
-    overrides: dict = {"hooks": "mdc", "hooks_config": mdc_preset("quick", "digits")}
-    probe = condense_preset(base, "quick", "digits", ipc=ipc)
+    # the subset-degradation benchmark's quick settings: a few CPU minutes on 2 cores
+    overrides: dict = dict(BENCH_QUICK.get(base, {}))
+    iterations = condense_preset(base, "quick", "digits", ipc=ipc, **overrides).iterations
     eval_overrides: dict = {}
     if fast:
-        overrides["iterations"] = max(1, probe.iterations // 2)
-        overrides["hooks_config"]["delta_t"] = max(1, overrides["hooks_config"]["delta_t"] // 2)
+        iterations = max(1, iterations // 2)
         eval_overrides["epochs"] = eval_preset("quick").epochs // 2
+    overrides.update(hooks="mdc", iterations=iterations,
+                     hooks_config=mdc_preset("quick", "digits", iterations=iterations))
     config = condense_preset(base, "quick", "digits", ipc=ipc, **overrides)
     t0 = time.perf_counter()
     result = condense(dataset, config, device=device, progress=progress, log_path=out / "condense-log.jsonl")

@@ -54,7 +54,7 @@ class EvalConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int = 256
+    batch_size: int = 64  # 64 (IDC's evaluation batch): 2+ steps per epoch from 100 images; 256 undertrains
     augment: str = DEFAULT_STRATEGY  # DiffAugment strategy; "none" disables
     single_op: bool = True  # one op of the strategy per batch (DSA's evaluation); False chains all ops
     cutmix_prob: float = 0.5  # probability that a batch is CutMix-ed (0 disables)

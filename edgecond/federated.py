@@ -68,7 +68,7 @@ PAYLOAD_RECORD = "edgecond-payload"
 CACHE_RECORD = "edgecond-cache"
 CACHE_META_RECORD = "edgecond-cache-meta"
 
-#: A budget reply larger than this (Flower ``count_bytes`` of the record) is rejected as oversized.
+#: A budget reply record larger than this (keys + values, in bytes) is rejected as oversized.
 MAX_REPLY_RECORD_BYTES = 1024
 _REPLY_KEYS = {"bytes", "have", "digest"}
 BUFFER_MODES = ("mix", "warmup", "off")
@@ -760,6 +760,8 @@ def short_reason(text: Any, limit: int = 300) -> str:
 
 
 def _jsonable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     if isinstance(v, (int, float, str, bool)) or v is None:

@@ -13,7 +13,6 @@ Round r (see :mod:`edgecond.federated` for the logic):
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -122,7 +121,7 @@ class ShippingStrategy(Strategy):
             keys = ("bytes-received", "ipc-used", "budget-bytes")
             per_client = {str(r.metadata.src_node_id): {k: r.content["metrics"].get(k) for k in keys}
                           for r in ok if "metrics" in r.content}
-            self.shipper.ledger.record_metrics(server_round, {"client-metrics": json.dumps(per_client)})
+            self.shipper.ledger.record_metrics(server_round, {"client-metrics": per_client})
         return self.inner.aggregate_train(server_round, replies)
 
     # -- everything else is the wrapped strategy's -------------------------------------------

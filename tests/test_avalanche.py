@@ -26,6 +26,13 @@ from edgecond.continual import (
 )
 from edgecond.errors import BudgetError, ConfigError
 
+# Avalanche's own noise: ReplayPlugin calls the deprecated ExemplarsBuffer.update (which forwards
+# to our post_adapt), and strategies built with evaluator=None warn that nothing is logged.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:No loggers specified"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
 # --------------------------------------------------------------------------- allocation
 
 

@@ -218,7 +218,7 @@ def test_parity_with_torch(edge_run, bundle, digits):
     metrics, _ = edge_run
     acc_torch, model = _torch_reference(bundle, digits)
     assert abs(metrics["accuracy"] - acc_torch) <= 0.02, (metrics["accuracy"], acc_torch)
-    assert metrics["accuracy"] > 0.5
+    assert metrics["accuracy"] > 0.8  # measured 0.922 for both
     # the trained checkpoint is (up to float rounding) the torch model's weights
     from onnxruntime.capi import _pybind_state as C
 
@@ -245,3 +245,19 @@ def test_importing_clients_edge_is_torch_free():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_formation_factor_is_decoded(digits, tmp_path):
+    """A factor-2 buffer trains on 4 decoded images per stored image (in-process run)."""
+    from clients.edge.train import EdgeTrainConfig, train_bundle
+
+    x = digits.x_train.numpy()[:30].reshape(10, 3, 1, 8, 8)
+    buf = MultisizeBuffer.from_class_major(x, class_names=digits.class_names, dataset="digits", factor=2,
+                                           mean=digits.mean, std=digits.std, method="test", config={})
+    buf.save(tmp_path / "f2.safetensors")
+    r = deploy(tmp_path / "f2.safetensors", tmp_path / "b", DeployConfig(
+        max_bytes=10**6, model=MODEL, model_kwargs=KWARGS, batch_size=BATCH, check=False))
+    assert r.manifest["factor"] == 2 and r.manifest["train_images"] == 3 * 10 * 4
+    m = train_bundle(r.directory, EdgeTrainConfig(epochs=2, threads=1, save=False))
+    assert m["train_images"] == 120 and m["steps"] == 2 * -(-120 // BATCH) and m["accuracy"] is None
+    assert m["augment"] == {"enabled": True, "crop_pad": 1, "flip": False}  # digits: no flip

@@ -132,3 +132,14 @@ def test_checkpoint_holds_the_seeded_init(exported):
 def test_export_json_is_json(exported):
     info = json.loads((exported["mlp"].directory / EXPORT_INFO_FILE).read_text())
     assert info["format"] == "edgecond-export" and info["optimizer"] == "sgd"
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    from edgecond.cli import main
+
+    assert main(["export", "--model", "convnet-bn", "--model-kwargs", '{"width": 8}', "-o", str(tmp_path / "e")]) == 2
+    assert "batch norm" in capsys.readouterr().err
+    assert main(["export", "--model", "mlp", "--model-kwargs", "[1]", "-o", str(tmp_path / "e")]) == 2
+    assert "JSON object" in capsys.readouterr().err
+    assert main(["deploy", str(tmp_path / "missing.safetensors"), "--max-bytes", "1MB", "-o", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err

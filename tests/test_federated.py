@@ -214,3 +214,29 @@ def test_server_condenses_missing_buffer_at_startup(tmp_path):
     bad = config_from_run_config({"buffer-path": str(tmp_path / "x.safetensors"), "condense-method": "nope"})
     with pytest.raises(FederatedError, match="condense"):
         ensure_buffer(bad)
+
+
+@pytest.mark.parametrize("mode", ["mix", "warmup", "off"])
+def test_client_round_uses_the_received_prefix(mode):
+    """(Partition indices passed in: the flwr-datasets partitioner is exercised by the Flower runs.)"""
+    from clients import task
+    from edgecond.data import load_dataset
+
+    ds = load_dataset("digits")
+    x, y = ds.x_train.numpy(), ds.y_train.numpy()
+    images = np.stack([x[y == k][:4] for k in range(ds.num_classes)])
+    buf = MultisizeBuffer.from_class_major(images, class_names=ds.class_names, dataset="digits",
+                                           mean=ds.mean, std=ds.std, method="random", dtype="uint8")
+    cfg = config_from_run_config({"model-width": 4, "num-partitions": 3, "buffer-mode": mode,
+                                  "batch-size": 128})
+    shipper, cache = Shipper(buf, buffer_mode=mode), PrefixCache()
+    _, _, records = shipper.handle(1, "0", make_budget_reply(buf.bytes_for(3)))
+    transfer, payload = read_transfer(RecordDict(records))
+    net = task.build_net(cfg, ds)
+    res = task.client_round(cfg, partition_id=0, num_partitions=3, rnd=1, arrays=task.state_to_numpy(net),
+                            cache=cache, transfer=transfer, payload=payload, indices=np.arange(0, 200, 3))
+    expect = 0 if mode == "off" else 3
+    assert res.metrics["ipc-used"] == expect
+    assert res.metrics["synthetic-examples"] == expect * ds.num_classes
+    assert res.metrics["bytes-received"] == (0 if mode == "off" else buf.bytes_for(3))
+    assert set(res.arrays) == set(task.state_to_numpy(net))

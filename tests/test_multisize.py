@@ -282,3 +282,32 @@ def test_baseline_b_and_c_assembly(tiny_ds):
     assert torch.equal(ms_c.sets[1][0], ms_c.sets[3][0][:3])  # rank-major: prefix 1 = first rows
     with pytest.raises(ConfigError):
         concat_size_one([np.zeros((3, 2, 1, 8, 8))])
+
+
+def test_report_json_markdown_plot_and_merge(tmp_path):
+    import json
+
+    from edgecond.condense.baselines import SubsetDegradationResult, merge_results
+
+    def method(acc, runs):
+        return {"sizes": [1, 2], "mean": acc, "std": [0.01, 0.02], "accuracies": [[a] for a in acc],
+                "bytes": [100, 200], "storage_bytes": 200 * runs, "runs": runs, "condense_seconds": 1.0,
+                "eval_seconds": 2.0}
+
+    cfg = {"dataset": "tiny", "base": "idc", "ipc": 2, "preset": "quick", "seeds": [0]}
+    a = SubsetDegradationResult(dict(cfg, methods=["C", "MDC"]), {"C": method([0.5, 0.9], 1), "MDC": method([0.8, 0.88], 1)},
+                                {"total": 5.0}, {"mdc_cost_ratio": 1.1, "mdc_seconds_per_iteration": 1.1,
+                                                 "base_seconds_per_iteration": 1.0})
+    b = SubsetDegradationResult(dict(cfg, methods=["A"]), {"A": method([0.85, 0.9], 2)}, {"total": 7.0})
+    merged = merge_results([a, b])
+    assert list(merged.methods) == ["A", "C", "MDC"] and merged.runtimes["total"] == 7.0
+    paths = merged.write(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["MDC"]["mean"] == [0.8, 0.88] and data["runtimes"]["sum_of_processes"] == 12.0
+    md = paths["md"].read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| MDC |"))
+    assert "80.00 ± 1.00" in row and "+14.00" in row  # Avg 84 vs C's 70
+    assert paths["png"].stat().st_size > 1000
+    assert SubsetDegradationResult.from_dict(data).methods["A"]["runs"] == 2
+    with pytest.raises(ConfigError):
+        merge_results([a, SubsetDegradationResult(dict(cfg, ipc=3), {}, {"total": 1.0})])

@@ -60,7 +60,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     c, h, w = meta.image_shape
     if meta.has_provenance:
-        prov = f"  method     {meta.method or '-'}  config {json.dumps(meta.config, sort_keys=True)[:200]}"
+        prov = (f"  method     {meta.method or '-'}  config {json.dumps(meta.config, sort_keys=True)[:200]}\n"
+                f"  provenance digest {meta.provenance_digest} (method, config, accuracy, extra; "
+                "dropped by slice --lean)")
     else:
         prov = ("  provenance none (a lean slice, or never recorded): its digests equal its parent's "
                 f"first {buf.ipc}, first entry {meta.digests[0]}")

@@ -56,6 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config or method field, e.g. --set inner_steps=20 (repeatable; JSON values)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUTPUT.ckpt)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="outer iterations between checkpoints")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
@@ -83,6 +84,7 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="quick", help="quick (300 epochs) | paper (1000 epochs)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the table as JSON")
     p.add_argument("--write-back", action="store_true", help="store the accuracy table in the buffer")
     p.add_argument("--no-progress", action="store_true")
@@ -103,7 +105,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise ConfigError("-o/--output is required: the buffer file to write (e.g. -o digits-idc.safetensors).")
     from ..data import load_dataset
 
-    set_cpu_threads()
+    set_cpu_threads(args.threads)
     overrides = _parse_sets(args.set)
     for key in ("factor", "iterations", "dtype", "hooks"):
         value = getattr(args, key)
@@ -154,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import eval_preset, evaluate_buffer
     from ..utils import set_cpu_threads
 
-    set_cpu_threads()
+    set_cpu_threads(args.threads)
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: expected an integer >= 1.")
     buf = MultisizeBuffer.load(args.buffer, mmap=False)

@@ -127,6 +127,7 @@ def cmd_evaluate_real(args: argparse.Namespace) -> int:
         acc = train_and_test(x, y, dataset, config, seed=s, device=device, progress=not args.no_progress)
         accs.append(acc)
         per_seed.append({"seed": s, "accuracy": acc, "seconds": round(time.perf_counter() - ts, 2)})
+        log.info("seed %d: %.2f %% (%.1f s)", s, 100 * acc, per_seed[-1]["seconds"])
         bar.set_postfix(acc=f"{100 * np.mean(accs):.2f}%")
     seconds = time.perf_counter() - t0
     mean, std = float(np.mean(accs)), float(np.std(accs))

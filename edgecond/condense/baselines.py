@@ -48,7 +48,10 @@ __all__ = [
     "mdc_condense",
     "random_real",
     "holdout_split",
+    "BENCH_QUICK",
+    "bench_overrides",
     "run_subset_degradation",
+    "merge_results",
     "measure_cost_ratio",
 ]
 
@@ -89,6 +92,7 @@ class SubsetDegradationConfig:
     condense_overrides: dict = field(default_factory=dict)
     mdc: dict = field(default_factory=dict)
     device: str = "cpu"
+    a_sizes: Sequence[int] | None = None  #: run only these sizes of Baseline A (split A across processes)
 
     def validate(self) -> "SubsetDegradationConfig":
         if int(self.ipc) < 1:
@@ -159,10 +163,36 @@ def concat_size_one(images: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays, axis=1).astype(np.float32)
 
 
+#: The benchmark's ``quick`` preset runs ~20 condensations (A and B need N each), so each one is
+#: shorter than the matcher's own quick preset; ``paper`` uses the matcher's paper preset as is.
+BENCH_QUICK: dict[str, dict[str, Any]] = {
+    "idc": {"iterations": 30, "inner_steps": 5},
+    "idm": {"iterations": 150},
+    "dm": {"iterations": 150},
+}
+
+
+def bench_overrides(cfg: SubsetDegradationConfig) -> dict[str, Any]:
+    """Condensation overrides of a benchmark run: :data:`BENCH_QUICK` for ``quick``, then
+    ``cfg.condense_overrides``."""
+    out = dict(BENCH_QUICK.get(cfg.base, {})) if cfg.preset == "quick" else {}
+    out.update(cfg.condense_overrides)
+    return out
+
+
+def _mdc_config(cfg: SubsetDegradationConfig) -> dict[str, Any]:
+    from . import condense_preset
+
+    iterations = condense_preset(cfg.base, cfg.preset, cfg.dataset, ipc=int(cfg.ipc), **bench_overrides(cfg)).iterations
+    out = mdc_preset(cfg.preset, cfg.dataset, iterations=iterations)
+    out.update(cfg.mdc)
+    return out
+
+
 def _config(cfg: SubsetDegradationConfig, method: str, ipc: int, **extra: Any):
     from . import condense_preset
 
-    overrides = dict(cfg.condense_overrides)
+    overrides = bench_overrides(cfg)
     overrides.update(extra)
     overrides.setdefault("seed", int(cfg.seed))
     return condense_preset(method, cfg.preset, cfg.dataset, ipc=int(ipc), **overrides)
@@ -185,8 +215,7 @@ def baseline_c(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True, 
 
 def mdc_condense(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True) -> tuple[MethodSets, Any]:
     """MDC: one condensation to ``N`` with the multisize hooks, cut to prefixes."""
-    hooks_config = mdc_preset(cfg.preset, cfg.dataset)
-    hooks_config.update(cfg.mdc)
+    hooks_config = _mdc_config(cfg)
     config = _config(cfg, cfg.base, cfg.ipc, hooks="mdc", hooks_config=hooks_config)
     r = _run(dataset, config, device=cfg.device, progress=progress)
     sizes = range(1, int(cfg.ipc) + 1)
@@ -238,13 +267,18 @@ def baseline_a(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
     first run for 1); their time still counts toward A's condensation time."""
     reuse = dict(reuse or {})
     sets, buffers, seconds, storage = {}, [], 0.0, 0
-    for n in range(1, int(cfg.ipc) + 1):
+    sizes = [int(n) for n in (cfg.a_sizes or range(1, int(cfg.ipc) + 1))]
+    bad = [n for n in sizes if not 1 <= n <= int(cfg.ipc)]
+    if bad:
+        raise ConfigError(f"a_sizes {bad} outside 1..{cfg.ipc}; expected sizes of the benchmark's range.")
+    for n in sizes:
         r = reuse.get(n) or _run(dataset, _config(cfg, cfg.base, n), device=cfg.device, progress=progress)
         seconds += r.seconds
         buffers.append(r.buffer)
         storage += _full_bytes(r.buffer)
         sets[n] = _prefix_sets(r.buffer, [n])[n]
-    return MethodSets("A", sets, storage, seconds, int(cfg.ipc), buffers, {"reused_sizes": sorted(reuse)})
+    return MethodSets("A", sets, storage, seconds, len(sizes), buffers,
+                      {"reused_sizes": sorted(n for n in reuse if n in sizes)})
 
 
 def random_real(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True) -> MethodSets:
@@ -311,6 +345,14 @@ class SubsetDegradationResult:
         out["config"] = self.config
         out.update(self.extra)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SubsetDegradationResult":
+        """Inverse of :meth:`to_dict` (reads a ``subset_degradation.json``)."""
+        methods = {k: data[k] for k in METHOD_KEYS if k in data}
+        extra = {k: v for k, v in data.items() if k not in METHOD_KEYS and k not in ("runtimes", "config")}
+        return cls(config=dict(data.get("config", {})), methods=methods, runtimes=dict(data.get("runtimes", {})),
+                   extra=extra)
 
     def averages(self) -> dict[str, float]:
         return {k: float(np.mean(v["mean"])) for k, v in self.methods.items() if v.get("mean")}
@@ -416,7 +458,8 @@ def run_subset_degradation(
     eval_cfg = eval_preset(cfg.eval_preset or cfg.preset, **dict(cfg.eval_overrides))
     seeds = [int(s) for s in cfg.seeds]
     config_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    config_dict.update(dataset_summary=dataset.summary() if hasattr(dataset, "summary") else dataset.name,
+    config_dict.update(condense_resolved=bench_overrides(cfg), mdc_resolved=_mdc_config(cfg) if "MDC" in cfg.methods else None,
+                       dataset_summary=dataset.summary() if hasattr(dataset, "summary") else dataset.name,
                        eval=eval_cfg.to_dict(), seeds=seeds)
     result = SubsetDegradationResult(config=config_dict, methods={}, runtimes={})
     cache: dict[str, Any] = {}
@@ -458,7 +501,8 @@ def run_subset_degradation(
         bar.set_postfix(method="random")
         evaluate(random_real(dataset, cfg, progress=inner_progress))
         bar.update(1)
-    if "C" in wanted or "A" in wanted:
+    a_sizes = [int(n) for n in (cfg.a_sizes or range(1, int(cfg.ipc) + 1))] if "A" in wanted else []
+    if "C" in wanted or int(cfg.ipc) in a_sizes:
         bar.set_postfix(method="C")
         ms_c, c_result = baseline_c(dataset, cfg, progress=inner_progress)
         if save_buffers and out_dir is not None:
@@ -477,7 +521,7 @@ def run_subset_degradation(
             base_spi, mdc_spi = float(c_result.seconds_per_iteration), float(mdc_result.seconds_per_iteration)
             result.extra.update(base_seconds_per_iteration=base_spi, mdc_seconds_per_iteration=mdc_spi,
                                 mdc_cost_ratio=mdc_spi / base_spi if base_spi > 0 else None)
-    if "B" in wanted or "A" in wanted:
+    if "B" in wanted:
         bar.set_postfix(method="B")
         ms_b, b_runs = baseline_b(dataset, cfg, progress=inner_progress)
         b_first = b_runs[0]
@@ -488,7 +532,7 @@ def run_subset_degradation(
             bar.update(1)
     if "A" in wanted:
         bar.set_postfix(method="A")
-        reuse = {int(cfg.ipc): c_result}
+        reuse = {int(cfg.ipc): c_result} if c_result is not None else {}
         if b_first is not None:
             reuse[1] = b_first
         evaluate(baseline_a(dataset, cfg, progress=inner_progress, reuse=reuse))
@@ -502,12 +546,59 @@ def run_subset_degradation(
     return result
 
 
+def merge_results(results: Sequence[SubsetDegradationResult]) -> SubsetDegradationResult:
+    """Combine reports of the same protocol run as separate processes (e.g. ``--methods A`` and
+    ``--methods B`` in parallel). Configs must agree except for ``methods``; runtimes are kept
+    per method and ``total`` is the longest single run (the processes ran side by side)."""
+    if not results:
+        raise ConfigError("no results to merge; expected at least one subset_degradation.json.")
+    ignore = {"methods", "eval", "a_sizes", "mdc_resolved"}
+    ref = {k: v for k, v in results[0].config.items() if k not in ignore}
+    merged = SubsetDegradationResult(config=dict(results[0].config), methods={}, runtimes={}, extra={})
+    totals = []
+    for r in results:
+        mine = {k: v for k, v in r.config.items() if k not in ignore}
+        diff = sorted(k for k in set(ref) | set(mine) if ref.get(k) != mine.get(k))
+        if diff:
+            raise ConfigError(f"cannot merge reports whose settings differ in {diff}; run them with the same flags.")
+        for key, m in r.methods.items():
+            if key not in merged.methods:
+                merged.methods[key] = json.loads(json.dumps(m))
+                continue
+            into = merged.methods[key]  # the same method split across processes (A's sizes)
+            rows = {s: i for i, s in enumerate(into["sizes"])}
+            for i, size in enumerate(m["sizes"]):
+                if size in rows:
+                    raise ConfigError(f"method {key} size {size} is in two reports; merge disjoint runs.")
+                for f in ("sizes", "mean", "std", "accuracies", "bytes"):
+                    into[f].append(m[f][i])
+            order = sorted(range(len(into["sizes"])), key=lambda i: into["sizes"][i])
+            for f in ("sizes", "mean", "std", "accuracies", "bytes"):
+                into[f] = [into[f][i] for i in order]
+            for f in ("storage_bytes", "runs", "condense_seconds", "eval_seconds"):
+                into[f] = into[f] + m[f]
+        for k, v in r.runtimes.items():
+            if k != "total":
+                merged.runtimes[k] = merged.runtimes.get(k, 0.0) + float(v)
+        merged.extra.update(r.extra)
+        totals.append(float(r.runtimes.get("total", 0.0)))
+    merged.methods = {k: merged.methods[k] for k in METHOD_KEYS if k in merged.methods}
+    merged.config["methods"] = list(merged.methods)
+    c_spi = merged.methods.get("C", {}).get("seconds_per_iteration")
+    m_spi = merged.methods.get("MDC", {}).get("seconds_per_iteration")
+    if c_spi and m_spi and "mdc_cost_ratio" not in merged.extra:  # C and MDC ran in different processes
+        merged.extra.update(base_seconds_per_iteration=c_spi, mdc_seconds_per_iteration=m_spi,
+                            mdc_cost_ratio=m_spi / c_spi, mdc_cost_note="C and MDC ran in parallel processes")
+    merged.runtimes["total"] = max(totals)
+    merged.runtimes["sum_of_processes"] = sum(totals)
+    return merged
+
+
 def measure_cost_ratio(dataset, cfg: SubsetDegradationConfig, *, iterations: int = 10, repeats: int = 2,
                        progress: bool = False) -> dict[str, Any]:
     """Seconds per outer iteration of the base matcher vs MDC on it, runs interleaved
     (base, MDC, base, MDC, …) on the same machine; the ratio uses the median of each."""
-    hooks_config = mdc_preset(cfg.preset, cfg.dataset)
-    hooks_config.update(cfg.mdc)
+    hooks_config = _mdc_config(cfg)
     base_s, mdc_s = [], []
     for _ in range(int(repeats)):
         for hooks, store in (("none", base_s), ("mdc", mdc_s)):

@@ -143,14 +143,14 @@ def _quick(dataset_name: str, ipc: int = 10) -> dict:
     key = _dataset_key(dataset_name)
     if key == "digits":
         return {
-            "iterations": 60,
+            "iterations": 20,
             "factor": 1,
-            "lr_img": 0.05,
+            "lr_img": 3e-4,
             "momentum_img": 0.5,
-            "batch_real": 64,
+            "batch_real": 32,
             "augment": "color_crop_cutout",
             "model": "convnet",
-            "method_config": {"inner_steps": 10, "metric": "l1", "net_samples": 256, "net_batch": 64},
+            "method_config": {"inner_steps": 10, "metric": "l1", "net_samples": 128, "net_batch": 64},
         }
     out = _paper(dataset_name, ipc)
     out["iterations"] = 20

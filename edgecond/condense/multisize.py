@@ -114,18 +114,20 @@ class MDCConfig:
         FEATURE_METRICS.get(self.metric)
 
 
-def mdc_preset(preset: str, dataset_name: str = "") -> dict[str, Any]:
+def mdc_preset(preset: str, dataset_name: str = "", iterations: int | None = None) -> dict[str, Any]:
     """MDC overrides for a preset: ``paper`` (Sec. 4.1) or ``quick`` (CPU minutes).
 
-    The quick values were chosen for runs of a few hundred outer iterations; they were tuned on a
-    validation split carved from the training set (see ``docs/multisize.md``), never on test data.
+    ``paper``: Δt = 100 (50 for ImageNet). ``quick`` runs have tens of outer iterations, not
+    thousands, so Δt is scaled to give about six MLS selections per run
+    (``round(iterations / 6)``, 10 when ``iterations`` is unknown). Not tuned on test data.
     """
     name = preset.strip().lower()
     dataset = dataset_name.strip().lower()
     if name == "paper":
         return {"delta_t": 50 if "imagenet" in dataset else 100}
     if name == "quick":
-        return {"delta_t": 10, "window": 1}
+        dt = 10 if iterations is None else max(1, int(round(int(iterations) / 6)))
+        return {"delta_t": dt}
     raise ConfigError(f"unknown MDC preset {preset!r}; expected 'quick' or 'paper'.")
 
 
@@ -407,7 +409,8 @@ class MultisizeHooks(EngineHooks):
         if self.config.class_wise:
             log.info("MDC t=%d: MLS per class %s, frozen ranks %s", t, self.mls, self.frozen)
         else:
-            log.info("MDC t=%d: MLS %d (was %d), frozen ranks < %d", t, self.mls[0], previous[0], self.frozen[0])
+            frozen = f"ranks 0..{self.frozen[0] - 1} frozen" if self.frozen[0] else "nothing frozen"
+            log.info("MDC t=%d: MLS %d (was %d), %s", t, self.mls[0], previous[0], frozen)
 
     def _log_entry(self, t: int, *, selected: bool) -> None:
         entry: dict[str, Any] = {"t": int(t), "selected": bool(selected)}
