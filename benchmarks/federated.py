@@ -26,9 +26,7 @@ Condensed buffers are cached in ``OUT/buffers/`` (reused when present).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -336,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         "buffers": {str(k): v for k, v in buffer_info.items()},
         "arms": arms,
         "wall_s_this_invocation": round(time.perf_counter() - t_all, 1),
+        # arms (all seeds) + each distinct buffer's condensation once
         "wall_s_total": round(sum(a["seconds"] for a in arms.values()) + sum(
-            (v["condense_s"] or 0.0) for info in buffer_info.values() for v in info.values()), 1),
+            {v["path"]: (v["condense_s"] or 0.0) for info in buffer_info.values()
+             for v in info.values()}.values()), 1),
         "torch_threads": torch.get_num_threads(),
     }
     payload["summary"] = summarize(arms)

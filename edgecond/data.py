@@ -213,9 +213,19 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     return arr
 
 
+STATS_SIGNIFICANT_DIGITS = 4
+
+
+def _round_sig(v: float, digits: int = STATS_SIGNIFICANT_DIGITS) -> float:
+    """Round to ``digits`` significant digits (mean/std are written into every buffer header,
+    where 4 digits, as in the usual ``(0.4914, 0.4822, 0.4465)``, keep lean slices small)."""
+    return float(f"{v:.{digits}g}")
+
+
 def _channel_stats(u8: np.ndarray | None, x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std (population) of ``x`` [N, C, H, W]; exact and fast from a histogram
-    of the uint8 pixels ``u8`` when given, else accumulated in float64 by torch."""
+    of the uint8 pixels ``u8`` when given, else accumulated in float64 by torch. Both are
+    rounded to 4 significant digits (a relative change below 1e-4)."""
     means, stds = [], []
     if u8 is not None:
         levels = np.arange(256, dtype=np.float64) / 255.0
@@ -232,7 +242,7 @@ def _channel_stats(u8: np.ndarray | None, x: np.ndarray) -> tuple[tuple[float, .
             ch = t[:, c].double()
             means.append(float(ch.mean()))
             stds.append(max(float(ch.std(unbiased=False)), 1e-6))
-    return tuple(means), tuple(stds)
+    return tuple(_round_sig(m) for m in means), tuple(_round_sig(s) for s in stds)
 
 
 def from_arrays(
@@ -272,7 +282,7 @@ def from_arrays(
             f"expected {k} names."
         )
     if stats is not None and np.shape(stats) == (2, xtr.shape[1]):
-        mean, std = tuple(float(v) for v in stats[0]), tuple(float(v) for v in stats[1])
+        mean, std = tuple(_round_sig(float(v)) for v in stats[0]), tuple(_round_sig(float(v)) for v in stats[1])
     else:
         mean, std = _channel_stats(xtr_u8, xtr)
     return ImageDataset(

@@ -269,6 +269,9 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
     def memory(n: int) -> int:
         return memory_for(buf, n, model=memory_model)
 
+    def limited_by(n: int) -> str:
+        return "buffer size (all of it fits)" if n == buf.ipc and reason == "byte budget" else reason
+
     def manifest_for(n: int, buffer_bytes: int, total: int) -> dict[str, Any]:
         return {
             "format": BUNDLE_FORMAT,
@@ -296,7 +299,7 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
             "files": files,
             "bytes": {**sizes, BUFFER_FILE: buffer_bytes, "total": total},
             "budget": {"max_bytes": config.max_bytes, "memory_bytes": config.memory_bytes,
-                       "memory_estimate_bytes": memory(n), "limited_by": reason},
+                       "memory_estimate_bytes": memory(n), "limited_by": limited_by(n)},
         }
 
     # 3. the largest n: bytes(buffer n) + fixed files + manifest(n) <= max_bytes
@@ -346,7 +349,8 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
         )
     manifest = json.loads(text)
     return DeployResult(directory=out, ipc=n, total_bytes=real_total, max_bytes=config.max_bytes,
-                        files=measured, memory_estimate_bytes=memory(n), reason=reason, manifest=manifest)
+                        files=measured, memory_estimate_bytes=memory(n), reason=limited_by(n),
+                        manifest=manifest)
 
 
 def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:

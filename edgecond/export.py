@@ -284,6 +284,20 @@ def _quiet_ort() -> Iterator[None]:
                 log.debug("onnxruntime artifact generation log:\n%s", text[-4000:])
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise the exporter's chatty loggers (one INFO line per graph pass) to WARNING for a block."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
     try:
         shape = tuple(int(s) for s in image_shape)
@@ -328,7 +342,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):
             program = torch.onnx.export(net, (x,), **kwargs)
             program.save(str(path))
         _strip_metadata(path)

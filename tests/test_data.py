@@ -34,8 +34,9 @@ def test_digits_shapes_values_and_split(digits):
     test_counts = torch.bincount(digits.y_test, minlength=10)
     assert counts.sum() == 1347 and (counts >= 130).all() and (test_counts >= 43).all()
     # mean/std are those of the training split
-    assert digits.mean[0] == pytest.approx(float(digits.x_train.mean()), abs=1e-5)
-    assert digits.std[0] == pytest.approx(float(digits.x_train.std(unbiased=False)), abs=1e-5)
+    assert digits.mean[0] == pytest.approx(float(digits.x_train.mean()), rel=5e-4)  # 4 significant digits
+    assert digits.std[0] == pytest.approx(float(digits.x_train.std(unbiased=False)), rel=5e-4)
+    assert digits.mean[0] == float(f"{digits.mean[0]:.4g}")  # compact in buffer headers
 
 
 def test_digits_split_matches_sklearn():
@@ -50,7 +51,7 @@ def test_digits_split_matches_sklearn():
 
 def test_normalize_roundtrip_and_class_indices(digits):
     z = digits.normalize(digits.x_train)
-    assert abs(float(z.mean())) < 1e-4 and float(z.std()) == pytest.approx(1.0, abs=1e-3)
+    assert abs(float(z.mean())) < 1e-3 and float(z.std()) == pytest.approx(1.0, abs=1e-3)
     assert torch.allclose(digits.denormalize(z), digits.x_train, atol=1e-6)
     idx = digits.class_indices()
     assert len(idx) == 10 and sum(len(i) for i in idx) == 1347

@@ -311,3 +311,15 @@ def test_report_json_markdown_plot_and_merge(tmp_path):
     assert SubsetDegradationResult.from_dict(data).methods["A"]["runs"] == 2
     with pytest.raises(ConfigError):
         merge_results([a, SubsetDegradationResult(dict(cfg, ipc=3), {}, {"total": 1.0})])
+
+
+def test_holdout_split_carves_validation_from_train(tiny_ds):
+    from edgecond.condense.baselines import holdout_split
+
+    val = holdout_split(tiny_ds, per_class=2, seed=0)
+    assert len(val.y_test) == 6 and len(val.y_train) == len(tiny_ds.y_train) - 6
+    train_rows = {tuple(r.flatten().tolist()) for r in tiny_ds.x_train}
+    assert all(tuple(r.flatten().tolist()) in train_rows for r in val.x_test)
+    assert not {tuple(r.flatten().tolist()) for r in val.x_train} & {tuple(r.flatten().tolist()) for r in val.x_test}
+    with pytest.raises(ConfigError):
+        holdout_split(tiny_ds, per_class=50)

@@ -166,7 +166,6 @@ def concat_size_one(images: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
 #: The benchmark's ``quick`` preset runs ~20 condensations (A and B need N each), so each one is
 #: shorter than the matcher's own quick preset; ``paper`` uses the matcher's paper preset as is.
 BENCH_QUICK: dict[str, dict[str, Any]] = {
-    "idc": {"iterations": 30, "inner_steps": 5},
     "idm": {"iterations": 150},
     "dm": {"iterations": 150},
 }

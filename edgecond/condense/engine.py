@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import CondenseError, ConfigError
 from ..registry import Registry
 from ..utils import make_generator, resolve_device
-from .base import EngineHooks, Matcher, MatchOutput, Method, Selector, SyntheticSet
+from .base import EngineHooks, Matcher, Method, SyntheticSet
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [

@@ -145,7 +145,7 @@ def _quick(dataset_name: str, ipc: int = 10) -> dict:
         return {
             "iterations": 20,
             "factor": 1,
-            "lr_img": 3e-4,
+            "lr_img": 3e-5,
             "momentum_img": 0.5,
             "batch_real": 32,
             "augment": "color_crop_cutout",
