@@ -653,7 +653,9 @@ class Shipper:
 
     def __init__(self, buffer, *, buffer_mode: str = "mix", max_budget: int = 1 << 30,
                  ledger: "ByteLedger | None" = None):
-        self.buffer = buffer
+        # Clients get lean slices: provenance (method config, accuracy table, MLS history) stays
+        # on the server; rank digests are identical, so deltas and caches are unaffected.
+        self.buffer = buffer.lean() if buffer.meta.has_provenance else buffer
         self.digest = buffer_identity(buffer)
         self.buffer_mode = buffer_mode
         self.max_budget = int(max_budget)

@@ -32,9 +32,24 @@ ConfigRecord, MetricRecord, RecordDict = flwr_app.ConfigRecord, flwr_app.MetricR
 def buffer() -> MultisizeBuffer:
     rng = np.random.default_rng(0)
     images = rng.random((4, 7, 1, 8, 8)).astype(np.float32)
-    return MultisizeBuffer.from_class_major(
+    full = MultisizeBuffer.from_class_major(
         images, class_names=list("abcd"), dataset="unit", mean=[0.5], std=[0.25],
-        method="random", dtype="uint8")
+        method="random", config={"seed": 0}, dtype="uint8")
+    # What clients receive is the lean form (no provenance): byte expectations below use it.
+    return full.lean()
+
+
+def test_shipper_sends_lean_slices_of_a_full_buffer(buffer):
+    rng = np.random.default_rng(0)
+    full = MultisizeBuffer.from_class_major(
+        rng.random((4, 7, 1, 8, 8)).astype(np.float32), class_names=list("abcd"), dataset="unit",
+        mean=[0.5], std=[0.25], method="random", config={"seed": 0}, dtype="uint8")
+    assert full.meta.has_provenance
+    budget = full.bytes_for(3)
+    plan, payload = _round_trip(Shipper(full), PrefixCache(), 1, budget)
+    assert plan.nbytes == len(payload) == full.bytes_for(plan.target, provenance=False)
+    assert plan.target >= 3 and payload == full.to_bytes(plan.target, provenance=False)
+    assert buffer_identity(full) == buffer_identity(full.lean())
 
 
 def _round_trip(shipper: Shipper, cache: PrefixCache, rnd: int, budget: int, client: str = "c"):
@@ -238,5 +253,5 @@ def test_client_round_uses_the_received_prefix(mode):
     expect = 0 if mode == "off" else 3
     assert res.metrics["ipc-used"] == expect
     assert res.metrics["synthetic-examples"] == expect * ds.num_classes
-    assert res.metrics["bytes-received"] == (0 if mode == "off" else buf.bytes_for(3))
+    assert res.metrics["bytes-received"] == (0 if mode == "off" else buf.bytes_for(3, provenance=False))
     assert set(res.arrays) == set(task.state_to_numpy(net))

@@ -252,7 +252,7 @@ def test_simulation_runs_two_rounds_and_cleans_up(simulation):
     rounds = {r["round"]: r for r in m["rounds"]}
     assert {1, 2} <= set(rounds), simulation["log"][-4000:]
     assert "test-acc" in rounds[2]["metrics"]
-    buf = simulation["buffer"]
+    buf = simulation["buffer"].lean()  # clients receive lean slices (no provenance)
     for r in (1, 2):
         assert len(rounds[r]["clients"]) == 3
         for c in rounds[r]["clients"].values():
@@ -333,6 +333,7 @@ def test_loopback_deployment(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     r1 = next(r for r in m["rounds"] if r["round"] == 1)
     assert sorted(c["budget"] for c in r1["clients"].values()) == sorted(budgets.values())
+    buf = buf.lean()  # clients receive lean slices (no provenance)
     for c in r1["clients"].values():
         n = buf.largest_fitting(c["budget"])
         assert c["kind"] == "full" and c["target"] == n
