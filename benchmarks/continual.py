@@ -503,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="TextLogger files instead of InteractiveLogger")
     p.add_argument("--progress", action="store_true", help="condensation progress bars")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="seeds run in this many parallel processes of 1 thread each, merged into --out "
+                        "(default: min(#seeds, CPU cores))")
     p.add_argument("--merge", nargs="+", metavar="DIR",
                    help="combine the --out folders of earlier runs (e.g. one process per seed) into --out")
     args = p.parse_args(argv)
@@ -524,12 +527,64 @@ def main(argv: list[str] | None = None) -> int:
         cfg.condense_overrides = {**cfg.condense_overrides, "iterations": args.iterations}
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else out / "cache"
+    jobs = args.jobs if args.jobs is not None else min(len(cfg.seeds), os.cpu_count() or 1)
+    if jobs > 1 and len(cfg.seeds) > 1:
+        return _run_parallel(argv if argv is not None else sys.argv[1:], cfg, out, cache, jobs)
     from edgecond.utils import resolve_device
 
     device = str(resolve_device(args.device))
     summary = run(cfg, out, cache_dir=cache, device=device, quiet=args.quiet, progress=args.progress)
     _print_summary(summary, cfg, out)
     return 0
+
+
+def _run_parallel(argv: list[str], cfg: ContinualBenchConfig, out: Path, cache: Path, jobs: int) -> int:
+    """One subprocess per seed (``jobs`` at a time, 1 thread each), then :func:`merge`."""
+    import subprocess
+
+    base = _strip_args(argv, {"--seeds": True, "--out": True, "--jobs": True, "--threads": True, "--cache": True})
+    pending = list(cfg.seeds)
+    running: list[tuple[int, Any]] = []
+    dirs = []
+    failed = []
+    out.mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        while pending and len(running) < jobs:
+            seed = pending.pop(0)
+            d = out / f"seed-{seed}"
+            dirs.append(d)
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--seeds", str(seed), "--out", str(d),
+                   "--cache", str(cache), "--jobs", "1", "--threads", "1"]
+            log.info("start seed %d: %s", seed, " ".join(cmd))
+            running.append((seed, subprocess.Popen(cmd)))
+        time.sleep(2)
+        for item in list(running):
+            seed, proc = item
+            if proc.poll() is not None:
+                running.remove(item)
+                if proc.returncode != 0:
+                    failed.append(seed)
+                    log.error("seed %d failed with exit code %d", seed, proc.returncode)
+    if failed:
+        raise ConfigError(f"seeds {failed} failed; see the logs under {out}/seed-*/ and rerun them.")
+    summary, merged_cfg = merge(dirs, out)
+    _print_summary(summary, merged_cfg, out)
+    return 0
+
+
+def _strip_args(argv: list[str], drop: dict[str, bool]) -> list[str]:
+    """``argv`` without the options in ``drop`` (and their values, up to the next ``--option``)."""
+    out, skip = [], False
+    for a in argv:
+        if a.startswith("--"):
+            key = a.split("=", 1)[0]
+            skip = key in drop and "=" not in a
+            if key in drop:
+                continue
+        elif skip:
+            continue
+        out.append(a)
+    return out
 
 
 def _print_summary(summary: dict, cfg: ContinualBenchConfig, out: Path) -> None:

@@ -212,7 +212,7 @@ def main(argv=None) -> int:
 
         # 2. bundle size vs budget
         budgets = [parse_bytes(b) for b in args.budgets] if args.budgets else [
-            artifact_bytes + full.bytes_for(max(1, n)) + 2048 for n in sorted({1, *sizes})]
+            artifact_bytes + full.bytes_for(max(1, n), provenance=False) + 2048 for n in sorted({1, *sizes})]
         size_rows = []
         for i, budget in enumerate(budgets):
             try:
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         acc_rows = []
         for n in sizes:
             sliced = work / f"slice{n}.safetensors"
-            full.slice_to(sliced, n)
+            full.slice_to(sliced, n, provenance=False)
             b = work / f"acc{n}"
             deploy(sliced, b, DeployConfig(max_bytes=10**12, check=False, eval_samples=args.eval_samples,
                                            eval_dataset=args.dataset, **base))

@@ -304,14 +304,14 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
 
     # 3. the largest n: bytes(buffer n) + fixed files + manifest(n) <= max_bytes
     fixed = sum(sizes.values())
-    n = buf.largest_fitting(max(config.max_bytes - fixed, 0))
+    n = buf.largest_fitting(max(config.max_bytes - fixed, 0), provenance=False)  # lean slice
     reason = "byte budget"
     if config.memory_bytes is not None:
         decision = ipc_for_memory(buf, config.memory_bytes, model=memory_model)
         if decision.n < n:
             n, reason = decision.n, "memory budget"
     while n > 0:
-        b = buf.bytes_for(n)
+        b = buf.bytes_for(n, provenance=False)
         total = fixed + b
         text = _json_bytes(manifest_for(n, b, total))
         # the manifest states the total including itself: settle the number of digits
@@ -322,7 +322,7 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
             break
         n -= 1
     if n < 1:
-        one = buf.bytes_for(1)
+        one = buf.bytes_for(1, provenance=False)
         what = (f"the memory budget {config.memory_bytes} B (a 1-IPC slice needs ~{memory(1)} B)"
                 if reason == "memory budget" else
                 f"the byte budget {config.max_bytes} B: the artifacts and eval set take {fixed} B and a 1-IPC "
@@ -332,7 +332,9 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
             "raise --max-bytes/--memory, use a smaller model (--model mlp, or --width), or drop --eval-samples."
         )
 
-    buf.slice_to(out / BUFFER_FILE, n)
+    # The device gets a lean slice: method config, accuracy table and MLS history stay with the
+    # server's master buffer (rank digests are the same; see docs/buffer-format.md).
+    buf.slice_to(out / BUFFER_FILE, n, provenance=False)
     b = (out / BUFFER_FILE).stat().st_size
     total = fixed + b
     text = _json_bytes(manifest_for(n, b, total))

@@ -272,6 +272,9 @@ def test_condensed_buffer_byte_budget_and_errors():
         policy.post_adapt(None, exp)
         assert policy.used() <= policy.max_size
     assert policy.counts == {0: 2, 1: 2, 2: 1, 3: 1}
+    shifted = CondensedBuffer(4, buffers=buf, transform=lambda x: x + 10.0)  # an Avalanche transform
+    shifted.post_adapt(None, bm.train_stream[0])
+    assert float(shifted.buffer[0][0].min()) >= 10.0
     with pytest.raises(ConfigError, match="unit"):
         CondensedBuffer(10, buffers=buf, unit="kilos")
     with pytest.raises(BudgetError):

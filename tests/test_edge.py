@@ -119,12 +119,12 @@ def test_budget_picks_largest_slice(buffer_path, bundle, tmp_path):
     artifacts = sum(bundle.files[f] for f in ("training_model.onnx", "eval_model.onnx",
                                                "optimizer_model.onnx", "checkpoint"))
     buf = MultisizeBuffer.load(buffer_path)
-    budget = artifacts + buf.bytes_for(7) + 100  # the ~1.4 kB manifest does not fit next to a 7-slice
+    budget = artifacts + buf.bytes_for(7, provenance=False) + 100  # the ~1.4 kB manifest does not fit next to a 7-slice
     r = deploy(buffer_path, tmp_path / "b", DeployConfig(max_bytes=budget, model=MODEL, model_kwargs=KWARGS,
                                                         batch_size=BATCH, optimizer="sgd", check=False))
     assert r.total_bytes <= budget and 1 <= r.ipc < 7
     assert r.total_bytes == sum(p.stat().st_size for p in r.directory.iterdir())
-    assert r.total_bytes + buf.bytes_for(r.ipc + 1) - buf.bytes_for(r.ipc) > budget  # n+1 would not fit
+    assert r.total_bytes + buf.bytes_for(r.ipc + 1, provenance=False) - buf.bytes_for(r.ipc, provenance=False) > budget  # n+1 would not fit
     fixed = artifacts + r.files["manifest.json"]
     with pytest.raises(BudgetError, match="fix"):
         deploy(buffer_path, tmp_path / "c", DeployConfig(max_bytes=fixed, model=MODEL, model_kwargs=KWARGS,
