@@ -494,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", nargs="+", choices=PROTOCOLS)
     p.add_argument("--budgets", nargs="+", choices=BUDGETS)
     p.add_argument("--ipc", type=int, help="stored images per class of each experience's buffer")
+    p.add_argument("--memory-per-class", type=int, help="total memory = this × number of classes (default 20)")
     p.add_argument("--method", help="base matcher of baseline-c/mdc (idm, idc, dm)")
     p.add_argument("--iterations", type=int, help="condensation outer iterations")
     p.add_argument("--gdumb-epochs", type=int)
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("seeds", "arms", "protocols", "budgets"):
         if getattr(args, name):
             setattr(cfg, name, tuple(getattr(args, name)))
-    for name in ("ipc", "method", "gdumb_epochs", "replay_epochs"):
+    for name in ("ipc", "method", "gdumb_epochs", "replay_epochs", "memory_per_class"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.iterations is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-METHOD_HELP = "idc | idm | dm | random | herding (see `edgecond condense --list`)"
+METHOD_HELP = "idc | idm | dm | random | herding | mdc (with --base) (see `edgecond condense --list`)"
 
 
 def _parse_value(text: str):
@@ -53,6 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--init-offset", type=int, default=None, help="which block of real images initialises")
     p.add_argument("--dtype", default=None, help="buffer storage: uint8 (default) | float16 | float32")
     p.add_argument("--hooks", default=None, help="none | mdc (multisize wrapper)")
+    p.add_argument("--base", default=None,
+                   help="base matcher of --method mdc: idc (default) | idm | dm")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config or method field, e.g. --set inner_steps=20 (repeatable; JSON values)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -113,7 +115,20 @@ def cmd_condense(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.init_offset is not None:
         overrides["init_offset"] = args.init_offset
-    config = condense_preset(args.method, args.preset, args.dataset, ipc=args.ipc, seed=args.seed, **overrides)
+    method = args.method
+    if method.strip().lower() == "mdc":  # multisize: the base matcher + MDC hooks with the preset's Δt
+        from ..condense.multisize import mdc_preset
+
+        method = args.base or "idc"
+        overrides["hooks"] = "mdc"
+        probe = condense_preset(method, args.preset, args.dataset, ipc=args.ipc,
+                                **{k: v for k, v in overrides.items() if k not in ("hooks", "hooks_config")})
+        hooks_config = mdc_preset(args.preset, args.dataset, iterations=probe.iterations)
+        hooks_config.update(overrides.get("hooks_config") or {})
+        overrides["hooks_config"] = hooks_config
+    elif args.base:
+        raise ConfigError(f"--base {args.base!r} is only used with --method mdc; drop it or pass --method mdc.")
+    config = condense_preset(method, args.preset, args.dataset, ipc=args.ipc, seed=args.seed, **overrides)
     dataset = load_dataset(args.dataset, root=args.data_root)
     out = Path(args.output)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
