@@ -16,10 +16,10 @@ from .errors import EdgecondError
 
 # One module per command group; a module adds its sub-commands to the parser.
 COMMAND_MODULES: tuple[str, ...] = (
-    "edgecond.commands.condense",
-    "edgecond.commands.export",
     "edgecond.commands.data",       # datasets, evaluate-real
-    "edgecond.commands.buffer",
+    "edgecond.commands.condense",   # condense, evaluate
+    "edgecond.commands.buffer",     # info, slice
+    "edgecond.commands.export",     # export, deploy
 )
 
 
