@@ -7,7 +7,7 @@
 3. print the table, write the measured accuracies into the buffer's metadata and save the
    buffer, a JSON report and an accuracy-vs-size plot under ``./out/demo/``.
 
-Flags: ``--out DIR``, ``--seeds K`` (evaluation seeds, default 1), ``--fast`` (half the
+Flags: ``--out DIR``, ``--seeds K`` (evaluation seeds, default 3), ``--fast`` (half the
 condensation iterations and evaluation epochs), ``--threads N`` (default 1).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def run_demo(out: str | Path = "out/demo", *, seeds: int = 1, fast: bool = False, ipc: int = 10,
+def run_demo(out: str | Path = "out/demo", *, seeds: int = 3, fast: bool = False, ipc: int = 10,
              base: str = "dm", device: str = "cpu", progress: bool = True) -> dict:
     """Condense digits with MDC, evaluate every size, write buffer + JSON + PNG; return the report."""
     from .condense import condense, condense_preset
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgecond.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/demo", help="output directory (default ./out/demo)")
-    p.add_argument("--seeds", type=int, default=1, help="evaluation seeds per size (default 1)")
+    p.add_argument("--seeds", type=int, default=3, help="evaluation seeds per size (default 3)")
     p.add_argument("--fast", action="store_true", help="half the condensation iterations and epochs")
     p.add_argument("--base", default="dm", choices=("dm", "idc", "idm"),
                    help="base matcher (default dm: on digits today MDC over DM is the one that helps; see docs/multisize.md)")
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Multisize buffer: digits, MDC over", args.base.upper(), "- accuracy of every prefix (one condensation)")
     print(f"{'size':>4}  {'bytes':>7}  accuracy")
     for s in res["sizes"]:
-        print(f"{s.size:>4}  {s.bytes:>7}  {100 * s.mean:6.2f} ± {100 * s.std:.2f} %")
+        spread = f"± {100 * s.std:.2f} %" if len(s.accuracies) > 1 else "%   (1 seed: no std)"
+        print(f"{s.size:>4}  {s.bytes:>7}  {100 * s.mean:6.2f} {spread}")
     hist = res["mdc"].get("history", [])
     print("MLS history (t, MLS, frozen ranks):", [(h["t"], h["mls"], h["frozen"]) for h in hist if h.get("selected")])
     for key in ("buffer", "json", "md", "png"):
