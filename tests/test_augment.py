@@ -8,13 +8,6 @@ from edgecond.augment import OPS, AugmentParams, DiffAugment, cutmix
 from edgecond.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models run faster without oversubscription; restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def gen(seed=0):

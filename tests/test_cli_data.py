@@ -11,13 +11,6 @@ from edgecond.commands.data import parse_ipc
 from edgecond.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models run faster without oversubscription; restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_datasets_lists_and_writes_json(tmp_path, capsys):

@@ -65,13 +65,6 @@ def tiny_config(method: str, **over) -> CondenseConfig:
     return condense_preset(method, "quick", "tiny", method_config=mc, **kw)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster (and immune to a busy machine's other processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,6 @@ from edgecond import evaluate as E
 from edgecond.data import load_dataset
 from edgecond.errors import ConfigError
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models run faster without oversubscription; restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 TINY = dict(model="convnet", model_kwargs={"width": 8}, batch_size=16)

@@ -8,13 +8,6 @@ from torch import nn
 from edgecond.errors import ConfigError
 from edgecond.models import MODELS, ConvNet, build_model, list_models, register_model
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models run faster without oversubscription; restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 SHAPES = [(1, 8, 8), (3, 16, 16)]

@@ -19,12 +19,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_condense import tiny_config, tiny_dataset  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
