@@ -224,8 +224,7 @@ def _round_sig(v: float, digits: int = STATS_SIGNIFICANT_DIGITS) -> float:
 
 def _channel_stats(u8: np.ndarray | None, x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std (population) of ``x`` [N, C, H, W]; exact and fast from a histogram
-    of the uint8 pixels ``u8`` when given, else accumulated in float64 by torch. Both are
-    rounded to 4 significant digits (a relative change below 1e-4)."""
+    of the uint8 pixels ``u8`` when given, else accumulated in float64 by torch."""
     means, stds = [], []
     if u8 is not None:
         levels = np.arange(256, dtype=np.float64) / 255.0
@@ -242,7 +241,7 @@ def _channel_stats(u8: np.ndarray | None, x: np.ndarray) -> tuple[tuple[float, .
             ch = t[:, c].double()
             means.append(float(ch.mean()))
             stds.append(max(float(ch.std(unbiased=False)), 1e-6))
-    return tuple(_round_sig(m) for m in means), tuple(_round_sig(s) for s in stds)
+    return tuple(means), tuple(stds)
 
 
 def from_arrays(
@@ -282,9 +281,11 @@ def from_arrays(
             f"expected {k} names."
         )
     if stats is not None and np.shape(stats) == (2, xtr.shape[1]):
-        mean, std = tuple(_round_sig(float(v)) for v in stats[0]), tuple(_round_sig(float(v)) for v in stats[1])
+        mean, std = tuple(float(v) for v in stats[0]), tuple(float(v) for v in stats[1])
     else:
         mean, std = _channel_stats(xtr_u8, xtr)
+    # 4 significant digits (relative change < 1e-4): mean/std go into every buffer header.
+    mean, std = tuple(_round_sig(m) for m in mean), tuple(_round_sig(v) for v in std)
     return ImageDataset(
         name=name,
         x_train=torch.from_numpy(xtr),
