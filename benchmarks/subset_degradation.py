@@ -6,6 +6,8 @@ Runs random real images, Baselines A, B, C and MDC on one base matcher, evaluate
     python benchmarks/subset_degradation.py --dataset digits --base idc --ipc 10 \
         --preset quick --out runs/subset-digits [--seeds 3]
 
+``--workers K`` runs the methods as K processes side by side (Baseline A split by sizes) and
+merges their reports: the whole quick digits benchmark in one command on a 2-core machine.
 ``--validation`` evaluates on a split carved from TRAIN (for tuning; the test split is untouched).
 ``--cost-only`` measures MDC's seconds per outer iteration against its base matcher (interleaved
 runs) and writes DIR/mdc_cost.json. The logic lives in :mod:`edgecond.condense.baselines`.
@@ -15,21 +17,114 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 
+def _split_top(text: str) -> list[str]:
+    """Split ``text`` on the commas outside brackets and quotes (JSON values may hold commas)."""
+    parts, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
 def _kv(text: str) -> dict:
-    """``a=1,b=x`` → ``{"a": 1, "b": "x"}`` (values parsed as JSON when they can be)."""
+    """``a=1,b=x,m={"width":32,"depth":3}`` → a dict (values parsed as JSON when they can be)."""
     out: dict = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in _split_top(text):
         key, _, value = part.partition("=")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             out[key.strip()] = value.strip()
     return out
+
+
+def _jobs(methods: list[str], ipc: int, a_sizes: list[int] | None) -> list[tuple[str, list[str]]]:
+    """Split a run into independent jobs, longest first: random+C+MDC (one process, so the MDC
+    cost ratio compares runs of the same process), B, and A's sizes in two halves."""
+    jobs: list[tuple[str, list[str]]] = []
+    main_part = [m for m in ("random", "C", "MDC") if m in methods]
+    if main_part:
+        jobs.append(("-".join(main_part), ["--methods", ",".join(main_part)]))
+    if "B" in methods:
+        jobs.append(("B", ["--methods", "B"]))
+    if "A" in methods:
+        sizes = list(a_sizes or range(1, ipc + 1))
+        half = (len(sizes) + 1) // 2
+        for part in (sizes[half:], sizes[:half]):  # the larger sizes take longer: start them first
+            if part:
+                jobs.append((f"A{part[0]}-{part[-1]}", ["--methods", "A", "--a-sizes", ",".join(map(str, part))]))
+    return jobs
+
+
+def _strip(argv: list[str], flags: dict[str, int]) -> list[str]:
+    """``argv`` without the given flags (flag → number of values it takes), either spelling."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0]
+        if name in flags:
+            i += 1 if "=" in a else 1 + flags[name]
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _run_workers(args, argv: list[str]) -> int:
+    """Run the jobs of :func:`_jobs` with at most ``args.workers`` processes, then merge."""
+    out = Path(args.out)
+    parts_dir = out / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    a_sizes = [int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None
+    base = _strip(argv, {"--workers": 1, "--methods": 1, "--a-sizes": 1, "--out": 1})
+    queue = _jobs(methods, args.ipc, a_sizes)
+    running: list[tuple[str, subprocess.Popen, float]] = []
+    failed: list[str] = []
+    t0 = time.perf_counter()
+    print(f"subset_degradation: {len(queue)} jobs on {args.workers} workers: {', '.join(n for n, _ in queue)}; "
+          f"logs in {parts_dir}", flush=True)
+    while queue or running:
+        while queue and len(running) < args.workers:
+            name, extra = queue.pop(0)
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, *extra, "--out", str(parts_dir / name), "--quiet"]
+            log_fh = open(parts_dir / f"{name}.log", "w")
+            running.append((name, subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT), time.perf_counter()))
+        time.sleep(1.0)
+        for item in list(running):
+            name, proc, started = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            print(f"  {name}: {status} in {time.perf_counter() - started:.0f} s", flush=True)
+            if proc.returncode != 0:
+                failed.append(name)
+    if failed:
+        print(f"subset_degradation: error: job(s) {failed} failed; see {parts_dir}/<job>.log", file=sys.stderr)
+        return 2
+    names = [n for n, _ in _jobs(methods, args.ipc, a_sizes)]
+    code = main(["--merge", *[str(parts_dir / n) for n in names], "--out", str(out)])
+    print(f"wall time with {args.workers} workers: {time.perf_counter() - t0:.0f} s")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-buffers", action="store_true")
     p.add_argument("--merge", nargs="+", metavar="DIR",
                    help="only merge DIR/subset_degradation.json of runs made with --methods subsets into --out")
+    p.add_argument("--workers", type=int, default=1,
+                   help="run the methods as this many processes side by side, then merge (default 1)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.workers > 1 and not (args.merge or args.cost_only):
+        return _run_workers(args, list(sys.argv[1:] if argv is None else argv))
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edgecond.condense.baselines import SubsetDegradationConfig, holdout_split, measure_cost_ratio, run_subset_degradation

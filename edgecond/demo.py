@@ -1,6 +1,6 @@
 """``python -m edgecond.demo`` (what ``make demo`` runs): the multisize job end to end, offline.
 
-1. condense the bundled digits dataset ONCE with MDC (over DM by default, ``--base idc|idm``;
+1. condense the bundled digits dataset ONCE with MDC (over IDC by default, ``--base dm|idm``;
    the subset-degradation benchmark's quick settings) into one multisize buffer of 10 images
    per class;
 2. train a ConvNet from scratch on every prefix size 1..10 and measure test accuracy;
@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def run_demo(out: str | Path = "out/demo", *, seeds: int = 3, fast: bool = False, ipc: int = 10,
-             base: str = "dm", device: str = "cpu", progress: bool = True) -> dict:
+             base: str = "idc", device: str = "cpu", progress: bool = True) -> dict:
     """Condense digits with MDC, evaluate every size, write buffer + JSON + PNG; return the report."""
     from .condense import condense, condense_preset
     from .condense.baselines import BENCH_QUICK, SubsetDegradationResult
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="out/demo", help="output directory (default ./out/demo)")
     p.add_argument("--seeds", type=int, default=3, help="evaluation seeds per size (default 3)")
     p.add_argument("--fast", action="store_true", help="half the condensation iterations and epochs")
-    p.add_argument("--base", default="dm", choices=("dm", "idc", "idm"),
-                   help="base matcher (default dm: on digits today MDC over DM is the one that helps; see docs/multisize.md)")
+    p.add_argument("--base", default="idc", choices=("idc", "dm", "idm"),
+                   help="base matcher (default idc: the strongest on digits; see docs/multisize.md)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     args = p.parse_args(argv)

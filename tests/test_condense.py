@@ -287,3 +287,45 @@ def test_cli_condense_and_evaluate(tmp_path, capsys):
     assert "accuracy" in printed and "±" in printed
     assert main(["condense", "--method", "nope", "-o", str(out)]) == 2
     assert main(["condense", "--list"]) == 0
+
+
+def test_idc_batch_syn_max_subsamples_ranks_but_keeps_the_mls_prefix_exact(ds):
+    cfg = tiny_config("idc", ipc=4, method_config={"batch_syn_max": 2})
+    cls = METHODS.get("idc")
+    real = RealData(ds, torch.device("cpu"))
+    syn = SyntheticSet(ds.normalize(initial_images(ds, 4, 1, seed=0)), factor=1, mean=ds.mean, std=ds.std)
+    m = cls(real, cfg, method_config(cls, cfg.method_config), device=torch.device("cpu"), generator=make_generator(0))
+    m.begin_outer(0)
+    for _ in range(3):
+        (o,) = m.match(syn, [0], prefixes=(None, 1))
+        g_full = torch.autograd.grad(o.losses[None], syn.images, retain_graph=True)[0][0]
+        g_one = torch.autograd.grad(o.losses[1], syn.images)[0][0]
+        touched = [r for r in range(4) if g_full[r].abs().sum() > 0]
+        assert len(touched) == 2  # the full-set loss sees batch_syn_max random ranks
+        assert g_one[0].abs().sum() > 0 and g_one[1:].abs().sum() == 0  # the prefix is exact
+        assert 0 in o.syn_owner.tolist() and len(o.syn_owner) in (2, 3)
+    with pytest.raises(ConfigError, match="batch_syn_max"):
+        bad = tiny_config("idc", method_config={"batch_syn_max": -1})
+        cls(real, bad, method_config(cls, bad.method_config), device=torch.device("cpu"), generator=make_generator(0))
+
+
+def test_idc_prefix_blocks_give_the_same_losses_as_one_forward(ds):
+    """MDC's prefix loss is computed on its own forward block (cheaper); with instance norm the
+    rows are independent, so every loss equals the one-forward (masked) computation."""
+    cfg = tiny_config("idc", ipc=3, factor=2)
+    cls = METHODS.get("idc")
+    real = RealData(ds, torch.device("cpu"))
+    syn = SyntheticSet(ds.normalize(initial_images(ds, 3, 2, seed=0)), factor=2, mean=ds.mean, std=ds.std)
+    out = []
+    for coupled in (False, True):
+        m = cls(real, cfg, method_config(cls, cfg.method_config), device=torch.device("cpu"),
+                generator=make_generator(5))
+        m.begin_outer(0)
+        m._batch_coupled = coupled  # True forces the single masked forward
+        (o,) = m.match(syn, [1], prefixes=(None, 1, 2))
+        g = torch.autograd.grad(o.losses[1] + 2 * o.losses[None], syn.images)[0]
+        out.append(({k: float(v.detach()) for k, v in o.losses.items()}, g, o.syn_features))
+    (la, ga, fa), (lb, gb, fb) = out
+    for key in la:
+        assert la[key] == pytest.approx(lb[key], rel=1e-4, abs=1e-6)
+    assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-6) and torch.allclose(fa, fb, atol=1e-5)

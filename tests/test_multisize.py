@@ -316,3 +316,34 @@ def test_holdout_split_carves_validation_from_train(tiny_ds):
     assert not {tuple(r.flatten().tolist()) for r in val.x_train} & {tuple(r.flatten().tolist()) for r in val.x_test}
     with pytest.raises(ConfigError):
         holdout_split(tiny_ds, per_class=50)
+
+
+def test_benchmark_command_with_two_workers_runs_every_method_and_merges(tiny_ds, tmp_path):
+    """`benchmarks/subset_degradation.py --workers 2` on a tiny npz dataset: one command runs
+    random, A (split by sizes), B, C and MDC as processes side by side and merges one report."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    ds = tiny_ds
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=ds.x_train.numpy(), y_train=ds.y_train.numpy(), x_test=ds.x_test.numpy(),
+             y_test=ds.y_test.numpy())
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(root / "benchmarks" / "subset_degradation.py"), "--dataset", f"npz:{npz}",
+           "--base", "dm", "--ipc", "3", "--seeds", "1", "--workers", "2", "--out", str(out),
+           "--condense", 'iterations=2,batch_real=4,model_kwargs={"width":4}',
+           "--eval", 'epochs=2,model_kwargs={"width":4}']
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((out / "subset_degradation.json").read_text())
+    for key in ("random", "A", "B", "C", "MDC"):
+        assert data[key]["sizes"] == [1, 2, 3], key
+        assert all(0.0 <= m <= 1.0 for m in data[key]["mean"])
+    assert data["A"]["runs"] == 3 and data["B"]["runs"] == 3
+    assert data["config"]["condense_overrides"]["model_kwargs"] == {"width": 4}  # a JSON value with commas
+    assert (out / "subset_degradation.md").read_text().count("| MDC |") == 2

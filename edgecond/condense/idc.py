@@ -28,6 +28,7 @@ from torch import nn
 
 from ..augment import DiffAugment, cutmix
 from ..errors import ConfigError
+from ..formation import decode_torch
 from ..models import build_model
 from .base import Matcher, MatchOutput, SyntheticSet
 from .engine import register_method
@@ -114,6 +115,9 @@ class IDCConfig:
     net_augment: str = "color_crop"  #: per-sample augmentation of that training (cutout off: CutMix)
     cutmix_prob: float = 0.5
     cutmix_beta: float = 1.0
+    #: at most this many *stored* images of a class enter one matching step (a random subset of
+    #: ranks, as the reference's ``batch_syn_max``); 0 = all. Only matters for IPC > 128.
+    batch_syn_max: int = 128
 
 
 def _paper(dataset_name: str, ipc: int = 10) -> dict:
@@ -186,10 +190,12 @@ class IDC(Matcher):
         self.gen = generator
         if self.mc.metric not in ("mse", "l1"):
             raise ConfigError(f"IDC metric={self.mc.metric!r}; expected 'mse' or 'l1'.")
-        if self.mc.inner_steps < 1 or self.mc.net_batch < 1 or self.mc.net_samples < 0:
+        if (self.mc.inner_steps < 1 or self.mc.net_batch < 1 or self.mc.net_samples < 0
+                or self.mc.batch_syn_max < 0):
             raise ConfigError(
                 f"IDC inner_steps={self.mc.inner_steps}, net_batch={self.mc.net_batch}, "
-                f"net_samples={self.mc.net_samples}; expected inner_steps, net_batch >= 1 and net_samples >= 0."
+                f"net_samples={self.mc.net_samples}, batch_syn_max={self.mc.batch_syn_max}; expected "
+                "inner_steps, net_batch >= 1, net_samples >= 0 and batch_syn_max >= 0 (0 = all ranks)."
             )
         self.inner_steps = int(self.mc.inner_steps)
         self.aug = DiffAugment(config.augment, single_op=bool(config.augment_single_op))
@@ -197,6 +203,7 @@ class IDC(Matcher):
         self.model: nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.weights: list[torch.Tensor] = []
+        self._batch_coupled = False
 
     def begin_outer(self, t: int) -> None:
         self.model = build_model(self.config.model, self.real.image_shape, self.real.num_classes,
@@ -205,35 +212,89 @@ class IDC(Matcher):
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.mc.net_lr, momentum=self.mc.net_momentum,
                                    weight_decay=self.mc.net_weight_decay)
         self.weights = matched_weights(self.model)
+        self._batch_coupled = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
 
     def _dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         d = a - b
         return (d * d).sum() if self.mc.metric == "mse" else d.abs().sum()
 
+    def _ranks(self, ipc: int, prefixes: Sequence[int | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Stored ranks of one class that enter this step, and which of them the full-set loss
+        uses (``None`` = all ranks, both losses exact).
+
+        With ``ipc > batch_syn_max`` the full-set loss sees a random ``batch_syn_max`` ranks; a
+        requested prefix ``n <= batch_syn_max`` (the MDC subset) is added whole so its loss stays
+        exact; a longer prefix uses the sampled ranks below ``n``."""
+        m = int(self.mc.batch_syn_max)
+        if m <= 0 or ipc <= m:
+            return None
+        pick = torch.randperm(ipc, generator=self.gen)[:m]
+        ranks = pick
+        exact = [int(p) for p in prefixes if p is not None and int(p) <= m]
+        if exact:
+            ranks = torch.cat([pick, torch.arange(max(exact))])
+        ranks = torch.unique(ranks)  # sorted
+        return ranks, torch.isin(ranks, pick)
+
+    def _cuts(self, owner: torch.Tensor, prefixes: Sequence[int | None], ipc: int) -> list[int]:
+        """Row boundaries ``[0, k_1, ..., R]`` of the forward blocks: one block when only the full
+        set is asked for, or when the model normalises over the batch (batch norm couples rows)."""
+        rows = len(owner)
+        if self._batch_coupled:
+            return [0, rows]
+        ks = {int((owner < int(p)).sum()) for p in prefixes if p is not None and int(p) < ipc}
+        return [0, *sorted(k for k in ks if 0 < k < rows), rows]
+
     def match(self, syn: SyntheticSet, classes: Sequence[int], *,
               prefixes: Sequence[int | None] = (None,)) -> list[MatchOutput]:
         model = self.model
         outs = []
+        for p in prefixes:
+            if p is not None and not 1 <= int(p) <= syn.ipc:
+                raise ConfigError(f"prefix {p!r} requested from IDC; expected None or 1..{syn.ipc}.")
+        f2 = syn.factor ** 2
         for c in classes:
             xr = self.real.sample_class(c, self.config.batch_real, self.gen)
-            xs, owner = syn.decoded(c)
+            sub = self._ranks(syn.ipc, prefixes)
+            full_rows = None
+            if sub is None:
+                xs, owner = syn.decoded(c)
+            else:
+                ranks, in_full = (t.to(syn.images.device) for t in sub)
+                xs = decode_torch(syn.images[c, ranks], syn.factor)
+                owner = ranks.repeat_interleave(f2)
+                full_rows = in_full.repeat_interleave(f2)
             xr, xs = self.aug.siamese(xr, xs, generator=self.gen)
             fr = model.embed(xr)
             yr = torch.full((len(xr),), c, dtype=torch.long, device=xr.device)
             g_real = torch.autograd.grad(F.cross_entropy(model.classifier(fr), yr), self.weights)
             g_real = [g.detach() for g in g_real]
-            fs = model.embed(xs)
-            ce = F.cross_entropy(model.classifier(fs), torch.full((len(xs),), c, dtype=torch.long,
-                                                                  device=xs.device), reduction="none")
+            # Rows are rank-major (owner ascending), so a prefix is a leading block of rows. With a
+            # per-sample norm the rows are independent: forward the blocks between prefix
+            # boundaries separately, and a prefix's gradient (and its second-order backward)
+            # only traverses its own blocks: MDC's extra cost scales with the MLS size.
+            cuts = self._cuts(owner, prefixes, syn.ipc)
+            f_parts = [model.embed(xs[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+            fs = torch.cat(f_parts) if len(f_parts) > 1 else f_parts[0]
+            label = torch.full((len(xs),), c, dtype=torch.long, device=xs.device)
+            ce_parts = [F.cross_entropy(model.classifier(f), label[: len(f)], reduction="none") for f in f_parts]
             losses: dict[int | None, torch.Tensor] = {}
             cache: dict[int, torch.Tensor] = {}
             for p in prefixes:
                 n = syn.ipc if p is None else int(p)
-                if not 1 <= n <= syn.ipc:
-                    raise ConfigError(f"prefix {p!r} requested from IDC; expected None or 1..{syn.ipc}.")
                 if n not in cache:
-                    lp = ce[owner < n].mean()
-                    g_syn = torch.autograd.grad(lp, self.weights, create_graph=True)
+                    if full_rows is not None and n == syn.ipc:
+                        ce_n = torch.cat(ce_parts)[full_rows]
+                    else:
+                        k = int((owner < n).sum())
+                        if k == 0:  # a prefix longer than batch_syn_max none of whose ranks was drawn
+                            cache[n] = xs.sum() * 0.0
+                            losses[p] = cache[n]
+                            continue
+                        j = cuts.index(k) if k in cuts else len(cuts) - 1
+                        ce_n = torch.cat(ce_parts[:j]) if j > 1 else ce_parts[0]
+                        ce_n = ce_n[owner[: len(ce_n)] < n]
+                    g_syn = torch.autograd.grad(ce_n.mean(), self.weights, create_graph=True)
                     cache[n] = sum(self._dist(gs, gr) for gs, gr in zip(g_syn, g_real))
                 losses[p] = cache[n]
             outs.append(MatchOutput(cls=int(c), losses=losses, syn_features=fs.detach(), syn_owner=owner,
