@@ -12,9 +12,12 @@ Per outer iteration a ConvNet is re-initialised; then ``inner_steps`` (M) times:
 2. the network takes ``net_samples`` real images' worth of SGD steps (strong augmentation +
    CutMix), so it stays in the early phase of training on *real* data (the paper's decoupling).
 
-Prefix losses (MDC) reuse one forward pass: the per-sample cross-entropy of the synthetic rows
+Prefix losses (MDC) reuse the forward pass: the per-sample cross-entropy of the synthetic rows
 is computed once, and for each prefix ``n`` its mean over rows with ``owner < n`` is
-differentiated (``create_graph=True``) and compared with the real gradients.
+differentiated (``create_graph=True``) and compared with the real gradients. The rows are
+rank-major, so the forward runs in blocks cut at the prefix boundaries (per-sample norms make
+the rows independent) and a prefix's gradient only traverses its own rows.
+``batch_syn_max`` caps the stored images of a class per step (a random subset of ranks).
 """
 from __future__ import annotations
 
