@@ -97,7 +97,7 @@ def _run_workers(args, argv: list[str]) -> int:
     a_sizes = [int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None
     base = _strip(argv, {"--workers": 1, "--methods": 1, "--a-sizes": 1, "--out": 1})
     queue = _jobs(methods, args.ipc, a_sizes)
-    running: list[tuple[str, subprocess.Popen, float]] = []
+    running: list[tuple[str, subprocess.Popen, float, object]] = []
     failed: list[str] = []
     t0 = time.perf_counter()
     print(f"subset_degradation: {len(queue)} jobs on {args.workers} workers: {', '.join(n for n, _ in queue)}; "
@@ -107,13 +107,15 @@ def _run_workers(args, argv: list[str]) -> int:
             name, extra = queue.pop(0)
             cmd = [sys.executable, str(Path(__file__).resolve()), *base, *extra, "--out", str(parts_dir / name), "--quiet"]
             log_fh = open(parts_dir / f"{name}.log", "w")
-            running.append((name, subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT), time.perf_counter()))
+            proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT)
+            running.append((name, proc, time.perf_counter(), log_fh))
         time.sleep(1.0)
         for item in list(running):
-            name, proc, started = item
+            name, proc, started, log_fh = item
             if proc.poll() is None:
                 continue
             running.remove(item)
+            log_fh.close()
             status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
             print(f"  {name}: {status} in {time.perf_counter() - started:.0f} s", flush=True)
             if proc.returncode != 0:
