@@ -96,7 +96,8 @@ def _run_workers(args, argv: list[str]) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     a_sizes = [int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None
     base = _strip(argv, {"--workers": 1, "--methods": 1, "--a-sizes": 1, "--out": 1})
-    queue = _jobs(methods, args.ipc, a_sizes)
+    jobs = _jobs(methods, args.ipc, a_sizes)
+    queue = list(jobs)
     running: list[tuple[str, subprocess.Popen, float, object]] = []
     failed: list[str] = []
     t0 = time.perf_counter()
@@ -123,8 +124,7 @@ def _run_workers(args, argv: list[str]) -> int:
     if failed:
         print(f"subset_degradation: error: job(s) {failed} failed; see {parts_dir}/<job>.log", file=sys.stderr)
         return 2
-    names = [n for n, _ in _jobs(methods, args.ipc, a_sizes)]
-    code = main(["--merge", *[str(parts_dir / n) for n in names], "--out", str(out)])
+    code = main(["--merge", *[str(parts_dir / n) for n, _ in jobs], "--out", str(out)])
     print(f"wall time with {args.workers} workers: {time.perf_counter() - t0:.0f} s")
     return code
 
