@@ -8,6 +8,8 @@ Runs random real images, Baselines A, B, C and MDC on one base matcher, evaluate
 
 ``--workers K`` runs the methods as K processes side by side (Baseline A split by sizes) and
 merges their reports: the whole quick digits benchmark in one command on a 2-core machine.
+``--b-mode`` picks how Baseline B's N size-1 condensations run (default ``joint``: one run with
+per-rank losses, every rank with the same seed; ``independent``: N runs, seeds seed..seed+N-1).
 ``--validation`` evaluates on a split carved from TRAIN (for tuning; the test split is untouched).
 ``--cost-only`` measures MDC's seconds per outer iteration against its base matcher (interleaved
 runs) and writes DIR/mdc_cost.json. The logic lives in :mod:`edgecond.condense.baselines`.
@@ -56,19 +58,39 @@ def _kv(text: str) -> dict:
     return out
 
 
-def _jobs(methods: list[str], ipc: int, a_sizes: list[int] | None) -> list[tuple[str, list[str]]]:
-    """Split a run into independent jobs, longest first: random+C+MDC (one process, so the MDC
-    cost ratio compares runs of the same process), B, and A's sizes in two halves."""
+def _jobs(methods: list[str], ipc: int, a_sizes: list[int] | None, *,
+          b_mode: str = "joint") -> list[tuple[str, list[str]]]:
+    """Split a run into independent jobs, longest first.
+
+    * random + C + MDC in one process (the MDC cost ratio then compares runs of one process),
+      with A's size ``N``: that run *is* C's condensation, so it is reused, not repeated;
+    * B; with ``b_mode="independent"`` together with A's size 1 (B's first run is A's size-1
+      condensation: same seed and start);
+    * A's other sizes in two halves (the larger sizes first: they take longer).
+    Reused runs still count toward A's condensation seconds in the report.
+    """
     jobs: list[tuple[str, list[str]]] = []
+    sizes = list(a_sizes or range(1, ipc + 1)) if "A" in methods else []
+
+    def with_a(name: str, part: list[str], a: list[int]) -> tuple[str, list[str]]:
+        extra = ["--methods", ",".join(part + (["A"] if a else []))]
+        if a:
+            name += "-A" + ",".join(map(str, a))
+            extra += ["--a-sizes", ",".join(map(str, a))]
+        return name, extra
+
     main_part = [m for m in ("random", "C", "MDC") if m in methods]
     if main_part:
-        jobs.append(("-".join(main_part), ["--methods", ",".join(main_part)]))
+        a = [ipc] if ("C" in main_part and ipc in sizes) else []
+        jobs.append(with_a("-".join(main_part), main_part, a))
+        sizes = [n for n in sizes if n not in a]
     if "B" in methods:
-        jobs.append(("B", ["--methods", "B"]))
-    if "A" in methods:
-        sizes = list(a_sizes or range(1, ipc + 1))
+        a = [1] if (1 in sizes and b_mode == "independent") else []
+        jobs.append(with_a("B", ["B"], a))
+        sizes = [n for n in sizes if n not in a]
+    if sizes:
         half = (len(sizes) + 1) // 2
-        for part in (sizes[half:], sizes[:half]):  # the larger sizes take longer: start them first
+        for part in (sizes[half:], sizes[:half]):
             if part:
                 jobs.append((f"A{part[0]}-{part[-1]}", ["--methods", "A", "--a-sizes", ",".join(map(str, part))]))
     return jobs
@@ -96,7 +118,7 @@ def _run_workers(args, argv: list[str]) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     a_sizes = [int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None
     base = _strip(argv, {"--workers": 1, "--methods": 1, "--a-sizes": 1, "--out": 1})
-    jobs = _jobs(methods, args.ipc, a_sizes)
+    jobs = _jobs(methods, args.ipc, a_sizes, b_mode=args.b_mode)
     queue = list(jobs)
     running: list[tuple[str, subprocess.Popen, float, object]] = []
     failed: list[str] = []
@@ -144,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mdc", type=_kv, default={}, metavar="K=V,...", help="MDCConfig overrides, e.g. delta_t=5")
     p.add_argument("--eval", type=_kv, default={}, metavar="K=V,...", help="EvalConfig overrides, e.g. epochs=200")
     p.add_argument("--a-sizes", default=None, help="only these sizes of Baseline A, e.g. 1,2,3 (split A across processes)")
+    p.add_argument("--b-mode", default="joint", choices=("joint", "independent"),
+                   help="Baseline B's N size-1 condensations: joint = all with --seed as one run sharing "
+                        "networks and real batches (default; ~1 condensation of cost), independent = N runs, "
+                        "seeds seed..seed+N-1")
     p.add_argument("--validation", type=int, default=0, metavar="PER_CLASS",
                    help="evaluate on PER_CLASS images per class held out of TRAIN (tuning)")
     p.add_argument("--cost-only", action="store_true", help="only measure MDC / base seconds per iteration")
@@ -191,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds=tuple(range(args.seeds)), seed=args.seed,
             methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
             condense_overrides=args.condense, mdc=args.mdc, eval_overrides=args.eval, device=args.device,
-            a_sizes=[int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None,
+            a_sizes=[int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None, b_mode=args.b_mode,
         )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -329,3 +329,31 @@ def test_idc_prefix_blocks_give_the_same_losses_as_one_forward(ds):
     for key in la:
         assert la[key] == pytest.approx(lb[key], rel=1e-4, abs=1e-6)
     assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-6) and torch.allclose(fa, fb, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,factor", [("idc", 1), ("idc", 2), ("idm", 1), ("dm", 1)])
+def test_independent_ranks_equal_separate_size_one_runs(method, factor, ds):
+    """``independent_ranks``: rank k of one IPC-3 run is the size-1 condensation that starts from
+    initial image k with the same seed (Baseline B's runs, done as one)."""
+    import dataclasses
+
+    base = tiny_config(method, ipc=1, factor=factor, seed=4, init_seed=4)
+    joint = condense(ds, dataclasses.replace(base, ipc=3, independent_ranks=True), progress=False)
+    assert joint.buffer.meta.config["independent_ranks"] is True
+    for k in range(3):
+        single = condense(ds, dataclasses.replace(base, init_offset=k), progress=False)
+        assert torch.allclose(joint.images[:, k], single.images[:, 0], atol=1e-5), (method, k)
+    # and they differ from a plain (coupled) IPC-3 condensation of the same start
+    plain = condense(ds, dataclasses.replace(base, ipc=3), progress=False)
+    assert not torch.allclose(plain.images, joint.images, atol=1e-5)
+
+
+def test_independent_ranks_refuses_hooks_and_selectors(ds):
+    import dataclasses
+
+    with pytest.raises(ConfigError, match="independent_ranks"):
+        condense(ds, dataclasses.replace(tiny_config("idc", ipc=2), independent_ranks=True, hooks="mdc"),
+                 progress=False)
+    with pytest.raises(ConfigError, match="independent_ranks"):
+        condense(ds, dataclasses.replace(condense_preset("random", "quick", "tiny", ipc=2), independent_ranks=True),
+                 progress=False)

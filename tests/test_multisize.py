@@ -256,9 +256,11 @@ def test_baseline_b_and_c_assembly(tiny_ds):
 
     from edgecond.condense.baselines import SubsetDegradationConfig, baseline_b, baseline_c, concat_size_one
 
-    cfg = SubsetDegradationConfig(dataset="tiny", ipc=3, condense_overrides=dict(TINY, iterations=1))
+    cfg = SubsetDegradationConfig(dataset="tiny", ipc=3, condense_overrides=dict(TINY, iterations=1),
+                                  b_mode="independent")
     ms_b, runs = baseline_b(tiny_ds, cfg, progress=False)
-    assert len(runs) == 3 and ms_b.runs == 3
+    assert len(runs) == 3 and ms_b.runs == 3 and ms_b.info["b_mode"] == "independent"
+    assert [r.config.seed for r in runs] == [0, 1, 2]
     buf = ms_b.buffers[0]
     assert buf.ipc == 3 and buf.num_classes == 3
     stored = buf.images_class_major()
@@ -275,6 +277,15 @@ def test_baseline_b_and_c_assembly(tiny_ds):
     assert torch.equal(ms_c.sets[1][0], ms_c.sets[3][0][:3])  # rank-major: prefix 1 = first rows
     with pytest.raises(ConfigError):
         concat_size_one([np.zeros((3, 2, 1, 8, 8))])
+    # joint (default): one run with independent ranks, size 1's settings, every rank seed 0
+    ms_j, (r_j,) = baseline_b(tiny_ds, SubsetDegradationConfig(dataset="tiny", ipc=3,
+                                                              condense_overrides=dict(TINY, iterations=1)), progress=False)
+    assert ms_j.runs == 3 and ms_j.info["b_mode"] == "joint" and r_j.config.independent_ranks
+    assert r_j.config.ipc == 3 and r_j.config.seed == 0
+    assert r_j.config.lr_img == runs[0].config.lr_img  # the size-1 preset's step size
+    np.testing.assert_allclose(ms_j.buffers[0].images_class_major()[:, 0], stored[:, 0], atol=1e-6)  # = run 0
+    with pytest.raises(ConfigError, match="b_mode"):
+        SubsetDegradationConfig(b_mode="shared").validate()
 
 
 def test_report_json_markdown_plot_and_merge(tmp_path):
@@ -345,5 +356,31 @@ def test_benchmark_command_with_two_workers_runs_every_method_and_merges(tiny_ds
         assert data[key]["sizes"] == [1, 2, 3], key
         assert all(0.0 <= m <= 1.0 for m in data[key]["mean"])
     assert data["A"]["runs"] == 3 and data["B"]["runs"] == 3
+    # A's size N is C's run: reused inside the job that has it; B runs jointly (one job, no A)
+    assert "random-C-MDC-A3" in proc.stdout and " B: done" in proc.stdout, proc.stdout
+    assert data["A"]["reused_sizes"] == [3] and data["B"]["b_mode"] == "joint"
+    assert data["A"]["accuracies"][2] == data["C"]["accuracies"][2]
     assert data["config"]["condense_overrides"]["model_kwargs"] == {"width": 4}  # a JSON value with commas
     assert (out / "subset_degradation.md").read_text().count("| MDC |") == 2
+
+
+def test_benchmark_jobs_share_reused_runs():
+    """--workers splits: A's size N runs with C (it is C's run); with independent B, A's size 1
+    runs with B (it is B's first run); the rest of A in two halves."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "subset_degradation.py"
+    spec = importlib.util.spec_from_file_location("subset_degradation_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    every = ["random", "A", "B", "C", "MDC"]
+    names = [n for n, _ in mod._jobs(every, 10, None)]
+    assert names == ["random-C-MDC-A10", "B", "A6-9", "A1-5"]
+    names = [n for n, _ in mod._jobs(every, 10, None, b_mode="independent")]
+    assert names == ["random-C-MDC-A10", "B-A1", "A6-9", "A2-5"]
+    jobs = dict(mod._jobs(["A"], 4, None))
+    assert jobs == {"A3-4": ["--methods", "A", "--a-sizes", "3,4"], "A1-2": ["--methods", "A", "--a-sizes", "1,2"]}
+    sizes = [int(v) for _, extra in mod._jobs(every, 7, None) if "--a-sizes" in extra
+             for v in extra[extra.index("--a-sizes") + 1].split(",")]
+    assert sorted(sizes) == list(range(1, 8))  # every size of A exactly once

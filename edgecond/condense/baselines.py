@@ -58,6 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 METHOD_KEYS: tuple[str, ...] = ("random", "A", "B", "C", "MDC")
+B_MODES: tuple[str, ...] = ("joint", "independent")
 
 
 @dataclass
@@ -72,7 +73,12 @@ class SubsetDegradationConfig:
         eval_preset: evaluation preset (default: same name as ``preset``).
         eval_overrides: :class:`~edgecond.evaluate.EvalConfig` fields to override (e.g. epochs).
         seeds: evaluation seeds (the same for every method and size).
-        seed: condensation seed (B's run ``k`` uses ``seed + k``).
+        seed: condensation seed.
+        b_mode: how Baseline B's ``N`` size-1 condensations run. ``"joint"`` (default): all with
+            ``seed``, as ONE run with ``independent_ranks`` (rank ``k`` gets exactly the updates of
+            a size-1 run from initial image ``k``; the networks and real batches are shared, so it
+            costs about one condensation instead of ``N``). ``"independent"``: ``N`` separate
+            runs, run ``k`` with seed ``seed + k``.
         methods: which of :data:`METHOD_KEYS` to run.
         condense_overrides: :class:`~edgecond.condense.CondenseConfig` / method fields applied to
             every condensation (e.g. ``{"iterations": 30}``).
@@ -93,6 +99,7 @@ class SubsetDegradationConfig:
     mdc: dict = field(default_factory=dict)
     device: str = "cpu"
     a_sizes: Sequence[int] | None = None  #: run only these sizes of Baseline A (split A across processes)
+    b_mode: str = "joint"
 
     def validate(self) -> "SubsetDegradationConfig":
         if int(self.ipc) < 1:
@@ -104,6 +111,8 @@ class SubsetDegradationConfig:
             )
         if not list(self.seeds):
             raise ConfigError("seeds is empty; expected at least one evaluation seed (e.g. 0 1 2).")
+        if self.b_mode not in B_MODES:
+            raise ConfigError(f"b_mode={self.b_mode!r}; expected one of {', '.join(B_MODES)}.")
         return self
 
 
@@ -228,12 +237,23 @@ def baseline_b(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
                on_run: Callable[[int, Any], None] | None = None) -> tuple[MethodSets, list[Any]]:
     """Baseline B: ``N`` size-1 condensations from disjoint initial real images, concatenated.
 
-    Run ``k`` uses seed ``seed + k`` and the initial images at position ``k`` of the same
-    per-class permutation (``init_seed = seed``, ``init_offset = k``), so its starting image is
-    the rank-``k`` image C and MDC start from.
+    Run ``k`` starts from the image at position ``k`` of the same per-class permutation
+    (``init_seed = seed``, ``init_offset = k``): the rank-``k`` image C and MDC start from.
+    ``cfg.b_mode == "joint"``: every run uses ``seed``, all ``N`` in one condensation with
+    ``independent_ranks`` (size 1's settings, lr included), returned as one result.
+    ``"independent"``: run ``k`` uses seed ``seed + k``; one result per run.
     """
     from ..buffer import MultisizeBuffer
 
+    if cfg.b_mode == "joint":
+        config = dataclasses.replace(_config(cfg, cfg.base, 1, init_seed=int(cfg.seed)), ipc=int(cfg.ipc),
+                                     independent_ranks=True)
+        r = _run(dataset, config, device=cfg.device, progress=progress)
+        if on_run is not None:
+            on_run(0, r)
+        sizes = range(1, int(cfg.ipc) + 1)
+        return (MethodSets("B", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, int(cfg.ipc),
+                           [r.buffer], {"b_mode": "joint"}), [r])
     results, seconds = [], 0.0
     for k in range(int(cfg.ipc)):
         config = _config(cfg, cfg.base, 1, seed=int(cfg.seed) + k, init_seed=int(cfg.seed), init_offset=k)
@@ -256,7 +276,8 @@ def baseline_b(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
         dtype=str(first.config.dtype),
     )
     sizes = range(1, int(cfg.ipc) + 1)
-    return MethodSets("B", _prefix_sets(buf, sizes), _full_bytes(buf), seconds, int(cfg.ipc), [buf]), results
+    return (MethodSets("B", _prefix_sets(buf, sizes), _full_bytes(buf), seconds, int(cfg.ipc), [buf],
+                       {"b_mode": "independent"}), results)
 
 
 def baseline_a(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
@@ -523,7 +544,7 @@ def run_subset_degradation(
     if "B" in wanted:
         bar.set_postfix(method="B")
         ms_b, b_runs = baseline_b(dataset, cfg, progress=inner_progress)
-        b_first = b_runs[0]
+        b_first = b_runs[0] if cfg.b_mode == "independent" else None  # joint: one run for all N
         if save_buffers and out_dir is not None:
             ms_b.buffers[0].save(Path(out_dir) / "B.safetensors")
         if "B" in wanted:
@@ -576,6 +597,8 @@ def merge_results(results: Sequence[SubsetDegradationResult]) -> SubsetDegradati
                 into[f] = [into[f][i] for i in order]
             for f in ("storage_bytes", "runs", "condense_seconds", "eval_seconds"):
                 into[f] = into[f] + m[f]
+            if "reused_sizes" in m or "reused_sizes" in into:
+                into["reused_sizes"] = sorted(set(into.get("reused_sizes", [])) | set(m.get("reused_sizes", [])))
         for k, v in r.runtimes.items():
             if k != "total":
                 merged.runtimes[k] = merged.runtimes.get(k, 0.0) + float(v)

@@ -126,6 +126,10 @@ class CondenseConfig:
     init: str = "real"  #: "real" (random real images; IDC mosaic for f > 1) or "noise"
     init_seed: int | None = None  #: seed of the initial images (default: ``seed``)
     init_offset: int = 0  #: use the init permutation from position ``init_offset * ipc * f²``
+    #: every stored rank is its own size-1 condensation: the loss is the sum of per-rank losses,
+    #: each computed from that rank's images alone, under the networks and real batches all ranks
+    #: share (Baseline B's N size-1 condensations run as one). Matchers: idc, idm, dm; no hooks.
+    independent_ranks: bool = False
 
 
 @dataclass
@@ -223,6 +227,16 @@ def _validate(config: CondenseConfig, dataset, cls: type[Method]) -> None:
         raise ConfigError(f"init={config.init!r}; expected 'real' or 'noise'.")
     if config.batch_real < 1:
         raise ConfigError(f"batch_real={config.batch_real}; expected an integer >= 1.")
+    if config.independent_ranks and (cls.kind != "matcher" or not getattr(cls, "supports_independent_ranks", False)):
+        raise ConfigError(
+            f"independent_ranks=True is not supported by method {cls.name!r}; expected a matcher that "
+            "computes per-rank losses (idc, idm, dm), or independent_ranks=False."
+        )
+    if config.independent_ranks and config.hooks != "none":
+        raise ConfigError(
+            f"independent_ranks=True with hooks={config.hooks!r}: independent ranks have no prefixes to "
+            "weight; use hooks='none' (Baseline B), or independent_ranks=False for MDC."
+        )
     if cls.kind == "selector" and config.factor != 1:
         raise ConfigError(
             f"method {cls.name!r} selects real images and stores them at factor 1, but factor="

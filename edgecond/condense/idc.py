@@ -183,6 +183,7 @@ class IDC(Matcher):
 
     Config = IDCConfig
     presets = {"quick": _quick, "paper": _paper}
+    supports_independent_ranks = True
 
     def __init__(self, real, config, method_config: IDCConfig, *, device: torch.device,
                  generator: torch.Generator) -> None:
@@ -256,9 +257,10 @@ class IDC(Matcher):
             if p is not None and not 1 <= int(p) <= syn.ipc:
                 raise ConfigError(f"prefix {p!r} requested from IDC; expected None or 1..{syn.ipc}.")
         f2 = syn.factor ** 2
+        independent = bool(self.config.independent_ranks)
         for c in classes:
             xr = self.real.sample_class(c, self.config.batch_real, self.gen)
-            sub = self._ranks(syn.ipc, prefixes)
+            sub = None if independent else self._ranks(syn.ipc, prefixes)
             full_rows = None
             if sub is None:
                 xs, owner = syn.decoded(c)
@@ -277,10 +279,21 @@ class IDC(Matcher):
             # boundaries separately, and a prefix's gradient (and its second-order backward)
             # only traverses its own blocks: MDC's extra cost scales with the MLS size.
             cuts = self._cuts(owner, prefixes, syn.ipc)
+            if independent:  # one block per stored rank (batch norm would couple them: one forward)
+                cuts = [0, len(owner)] if self._batch_coupled else list(range(0, len(owner) + 1, f2))
             f_parts = [model.embed(xs[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
             fs = torch.cat(f_parts) if len(f_parts) > 1 else f_parts[0]
             label = torch.full((len(xs),), c, dtype=torch.long, device=xs.device)
             ce_parts = [F.cross_entropy(model.classifier(f), label[: len(f)], reduction="none") for f in f_parts]
+            if independent:
+                ce_all = torch.cat(ce_parts) if len(ce_parts) > 1 else ce_parts[0]
+                total = xs.sum() * 0.0
+                for r in range(syn.ipc):
+                    g_syn = torch.autograd.grad(ce_all[owner == r].mean(), self.weights, create_graph=True)
+                    total = total + sum(self._dist(gs, gr) for gs, gr in zip(g_syn, g_real))
+                outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs.detach(),
+                                        syn_owner=owner, real_features=fr.detach()))
+                continue
             losses: dict[int | None, torch.Tensor] = {}
             cache: dict[int, torch.Tensor] = {}
             for p in prefixes:

@@ -172,6 +172,7 @@ class IDM(Matcher):
     Config = IDMConfig
     presets = {"quick": _idm_quick, "paper": _idm_paper}
     inner_steps = 1
+    supports_independent_ranks = True
 
     def __init__(self, real, config, method_config: IDMConfig, *, device: torch.device,
                  generator: torch.Generator) -> None:
@@ -242,6 +243,17 @@ class IDM(Matcher):
             losses: dict[int | None, torch.Tensor] = {}
             cache: dict[int, torch.Tensor] = {}
             stats: dict[str, float] = {}
+            if self.config.independent_ranks:  # each rank matched alone: Baseline B in one run
+                total = fs_c.sum() * 0.0
+                for r in range(syn.ipc):
+                    mask = o == r
+                    total = total + ((real_mean - fs_c[mask].mean(0)) ** 2).sum()
+                    if use_ce and weight > 0:
+                        y = torch.full((int(mask.sum()),), int(c), dtype=torch.long, device=fs.device)
+                        total = total + weight * F.cross_entropy(lg_c[mask], y)
+                outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs_c.detach(), syn_owner=o,
+                                        real_features=fr_c, stats=stats))
+                continue
             for p in prefixes:
                 n = syn.ipc if p is None else int(p)
                 if not 1 <= n <= syn.ipc:
