@@ -66,7 +66,8 @@ def _jobs(methods: list[str], ipc: int, a_sizes: list[int] | None, *,
       with A's size ``N``: that run *is* C's condensation, so it is reused, not repeated;
     * B; with ``b_mode="independent"`` together with A's size 1 (B's first run is A's size-1
       condensation: same seed and start);
-    * A's other sizes in two halves (the larger sizes first: they take longer).
+    * A's other sizes one job each, the largest first: short jobs at the end of the queue keep
+      the workers busy until the last one ends (list scheduling, longest first).
     Reused runs still count toward A's condensation seconds in the report.
     """
     jobs: list[tuple[str, list[str]]] = []
@@ -88,11 +89,8 @@ def _jobs(methods: list[str], ipc: int, a_sizes: list[int] | None, *,
         a = [1] if (1 in sizes and b_mode == "independent") else []
         jobs.append(with_a("B", ["B"], a))
         sizes = [n for n in sizes if n not in a]
-    if sizes:
-        half = (len(sizes) + 1) // 2
-        for part in (sizes[half:], sizes[:half]):
-            if part:
-                jobs.append((f"A{part[0]}-{part[-1]}", ["--methods", "A", "--a-sizes", ",".join(map(str, part))]))
+    for n in sorted(sizes, reverse=True):
+        jobs.append((f"A{n}", ["--methods", "A", "--a-sizes", str(n)]))
     return jobs
 
 
@@ -146,8 +144,9 @@ def _run_workers(args, argv: list[str]) -> int:
     if failed:
         print(f"subset_degradation: error: job(s) {failed} failed; see {parts_dir}/<job>.log", file=sys.stderr)
         return 2
-    code = main(["--merge", *[str(parts_dir / n) for n, _ in jobs], "--out", str(out)])
-    print(f"wall time with {args.workers} workers: {time.perf_counter() - t0:.0f} s")
+    wall = time.perf_counter() - t0
+    code = main(["--merge", *[str(parts_dir / n) for n, _ in jobs], "--out", str(out), "--wall-seconds", f"{wall:.1f}"])
+    print(f"wall time with {args.workers} workers: {wall:.0f} s")
     return code
 
 
@@ -180,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-buffers", action="store_true")
     p.add_argument("--merge", nargs="+", metavar="DIR",
                    help="only merge DIR/subset_degradation.json of runs made with --methods subsets into --out")
+    p.add_argument("--wall-seconds", type=float, default=None,
+                   help="with --merge: the measured wall time of the runs, reported as the total")
     p.add_argument("--workers", type=int, default=1,
                    help="run the methods as this many processes side by side, then merge (default 1)")
     p.add_argument("--quiet", action="store_true")
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [SubsetDegradationResult.from_dict(json.loads((Path(d) / "subset_degradation.json").read_text()))
                  for d in args.merge]
         try:
-            merged = merge_results(parts)
+            merged = merge_results(parts, wall_seconds=args.wall_seconds)
         except EdgecondError as exc:
             print(f"subset_degradation: error: {exc}", file=sys.stderr)
             return 2

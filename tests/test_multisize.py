@@ -308,6 +308,7 @@ def test_report_json_markdown_plot_and_merge(tmp_path):
     paths = merged.write(tmp_path)
     data = json.loads(paths["json"].read_text())
     assert data["MDC"]["mean"] == [0.8, 0.88] and data["runtimes"]["sum_of_processes"] == 12.0
+    assert merge_results([a, b], wall_seconds=9.5).runtimes["total"] == 9.5  # the pool's measured wall
     md = paths["md"].read_text()
     row = next(line for line in md.splitlines() if line.startswith("| MDC |"))
     assert "80.00 ± 1.00" in row and "+14.00" in row  # Avg 84 vs C's 70
@@ -366,7 +367,7 @@ def test_benchmark_command_with_two_workers_runs_every_method_and_merges(tiny_ds
 
 def test_benchmark_jobs_share_reused_runs():
     """--workers splits: A's size N runs with C (it is C's run); with independent B, A's size 1
-    runs with B (it is B's first run); the rest of A in two halves."""
+    runs with B (it is B's first run); the rest of A one size per job, largest first."""
     import importlib.util
     from pathlib import Path
 
@@ -375,12 +376,12 @@ def test_benchmark_jobs_share_reused_runs():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     every = ["random", "A", "B", "C", "MDC"]
-    names = [n for n, _ in mod._jobs(every, 10, None)]
-    assert names == ["random-C-MDC-A10", "B", "A6-9", "A1-5"]
-    names = [n for n, _ in mod._jobs(every, 10, None, b_mode="independent")]
-    assert names == ["random-C-MDC-A10", "B-A1", "A6-9", "A2-5"]
-    jobs = dict(mod._jobs(["A"], 4, None))
-    assert jobs == {"A3-4": ["--methods", "A", "--a-sizes", "3,4"], "A1-2": ["--methods", "A", "--a-sizes", "1,2"]}
+    names = [n for n, _ in mod._jobs(every, 4, None)]
+    assert names == ["random-C-MDC-A4", "B", "A3", "A2", "A1"]
+    names = [n for n, _ in mod._jobs(every, 4, None, b_mode="independent")]
+    assert names == ["random-C-MDC-A4", "B-A1", "A3", "A2"]
+    jobs = dict(mod._jobs(["A"], 2, None))
+    assert jobs == {"A2": ["--methods", "A", "--a-sizes", "2"], "A1": ["--methods", "A", "--a-sizes", "1"]}
     sizes = [int(v) for _, extra in mod._jobs(every, 7, None) if "--a-sizes" in extra
              for v in extra[extra.index("--a-sizes") + 1].split(",")]
     assert sorted(sizes) == list(range(1, 8))  # every size of A exactly once

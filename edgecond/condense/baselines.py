@@ -566,10 +566,12 @@ def run_subset_degradation(
     return result
 
 
-def merge_results(results: Sequence[SubsetDegradationResult]) -> SubsetDegradationResult:
+def merge_results(results: Sequence[SubsetDegradationResult], *,
+                  wall_seconds: float | None = None) -> SubsetDegradationResult:
     """Combine reports of the same protocol run as separate processes (e.g. ``--methods A`` and
     ``--methods B`` in parallel). Configs must agree except for ``methods``; runtimes are kept
-    per method and ``total`` is the longest single run (the processes ran side by side)."""
+    per method. ``total`` is ``wall_seconds`` when the caller measured it (the worker pool),
+    else the longest single run (a lower bound: the processes ran side by side)."""
     if not results:
         raise ConfigError("no results to merge; expected at least one subset_degradation.json.")
     ignore = {"methods", "eval", "a_sizes", "mdc_resolved"}
@@ -611,7 +613,8 @@ def merge_results(results: Sequence[SubsetDegradationResult]) -> SubsetDegradati
     if c_spi and m_spi and "mdc_cost_ratio" not in merged.extra:  # C and MDC ran in different processes
         merged.extra.update(base_seconds_per_iteration=c_spi, mdc_seconds_per_iteration=m_spi,
                             mdc_cost_ratio=m_spi / c_spi, mdc_cost_note="C and MDC ran in parallel processes")
-    merged.runtimes["total"] = max(totals)
+    merged.runtimes["total"] = float(wall_seconds) if wall_seconds is not None else max(totals)
+    merged.runtimes["longest_process"] = max(totals)
     merged.runtimes["sum_of_processes"] = sum(totals)
     return merged
 
