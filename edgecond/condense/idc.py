@@ -286,10 +286,13 @@ class IDC(Matcher):
             label = torch.full((len(xs),), c, dtype=torch.long, device=xs.device)
             ce_parts = [F.cross_entropy(model.classifier(f), label[: len(f)], reduction="none") for f in f_parts]
             if independent:
-                ce_all = torch.cat(ce_parts) if len(ce_parts) > 1 else ce_parts[0]
+                # a rank's gradient must traverse its own block only: indexing one concatenated
+                # tensor would drag every block through each of the N (double) backward passes
+                per_rank = (ce_parts if len(ce_parts) == syn.ipc
+                            else [ce_parts[0][owner == r] for r in range(syn.ipc)])
                 total = xs.sum() * 0.0
-                for r in range(syn.ipc):
-                    g_syn = torch.autograd.grad(ce_all[owner == r].mean(), self.weights, create_graph=True)
+                for ce_r in per_rank:
+                    g_syn = torch.autograd.grad(ce_r.mean(), self.weights, create_graph=True)
                     total = total + sum(self._dist(gs, gr) for gs, gr in zip(g_syn, g_real))
                 outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs.detach(),
                                         syn_owner=owner, real_features=fr.detach()))
