@@ -128,13 +128,14 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, dataset: ImageDataset, soft:
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """Shuffled index batches; a trailing batch of one sample is merged into the previous one
-    (batch norm cannot train on a single sample)."""
+    """Shuffled index batches of near-equal size: ``ceil(n / batch_size)`` batches, none larger
+    than ``batch_size`` (70 images at 64 → 35 + 35, not 64 + 6).
+
+    A small trailing batch, stepped at the full learning rate every epoch, costs accuracy: on a
+    digits validation split an IDC buffer's 70-image prefix scored 91.8 ± 2.0 % with 64 + 6 and
+    96.7 ± 0.1 % with 35 + 35 (docs/evaluation.md)."""
     perm = torch.randperm(n, generator=gen)
-    out = list(perm.split(batch_size))
-    if len(out) > 1 and len(out[-1]) == 1:
-        out[-2] = torch.cat([out[-2], out.pop()])
-    return out
+    return list(perm.tensor_split(max(1, -(-n // batch_size))))
 
 
 def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,15 @@ def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def test_batches_are_near_equal_and_cover_every_sample():
+    """No small leftover batch: 70 images at 64 are 35 + 35 (a 64 + 6 split cost accuracy)."""
+    for n, size, expect in [(70, 64, [35, 35]), (130, 64, [44, 43, 43]), (64, 64, [64]), (10, 64, [10]),
+                            (1, 64, [1]), (129, 64, [43, 43, 43])]:
+        out = E._batches(n, size, torch.Generator().manual_seed(0))
+        assert [len(b) for b in out] == expect, n
+        assert sorted(torch.cat(out).tolist()) == list(range(n))
+
+
 def test_train_deterministic_and_seed_dependent(digits):
     cfg = E.eval_preset("quick", epochs=2, **TINY)
     x, y = digits.subset_per_class(3, seed=0)
