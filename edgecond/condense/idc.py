@@ -242,10 +242,13 @@ class IDC(Matcher):
 
     def _cuts(self, owner: torch.Tensor, prefixes: Sequence[int | None], ipc: int) -> list[int]:
         """Row boundaries ``[0, k_1, ..., R]`` of the forward blocks: one block when only the full
-        set is asked for, or when the model normalises over the batch (batch norm couples rows)."""
+        set is asked for, or when the model normalises over the batch (batch norm couples rows);
+        with ``independent_ranks`` one block per stored rank."""
         rows = len(owner)
         if self._batch_coupled:
             return [0, rows]
+        if self.config.independent_ranks:
+            return list(range(0, rows + 1, rows // ipc))
         ks = {int((owner < int(p)).sum()) for p in prefixes if p is not None and int(p) < ipc}
         return [0, *sorted(k for k in ks if 0 < k < rows), rows]
 
@@ -279,8 +282,6 @@ class IDC(Matcher):
             # boundaries separately, and a prefix's gradient (and its second-order backward)
             # only traverses its own blocks: MDC's extra cost scales with the MLS size.
             cuts = self._cuts(owner, prefixes, syn.ipc)
-            if independent:  # one block per stored rank (batch norm would couple them: one forward)
-                cuts = [0, len(owner)] if self._batch_coupled else list(range(0, len(owner) + 1, f2))
             f_parts = [model.embed(xs[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
             fs = torch.cat(f_parts) if len(f_parts) > 1 else f_parts[0]
             label = torch.full((len(xs),), c, dtype=torch.long, device=xs.device)
