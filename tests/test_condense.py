@@ -219,6 +219,14 @@ def test_presets_resolve_and_errors():
     assert idm.method_config["ce_weight"] == 0.1 and idm.method_config["queue_max"] == 100
     dm = condense_preset("dm", "quick", "digits")
     assert dm.method_config["queue"] is False and dm.method_config["ce_weight"] == 0.0 and dm.factor == 1
+    # digits (8x8): depth-2 matching net, lr_img 0.1 per stored image up to 1.0; the regulariser and push every 5 at IPC 1 only
+    for ipc, lr, ce, push in ((1, 0.1, 0.5, 5), (5, 0.5, 0.0, 10), (10, 1.0, 0.0, 10), (50, 1.0, 0.0, 10)):
+        d = condense_preset("idm", "quick", "digits", ipc=ipc)
+        mc = d.method_config
+        assert (d.lr_img, mc["ce_weight"], mc["push_interval"], d.factor) == pytest.approx((lr, ce, push, 1)), ipc
+        assert d.model_kwargs["depth"] == 2
+    assert condense_preset("dm", "paper", "digits").model_kwargs["depth"] == 2
+    assert condense_preset("idm", "paper", "cifar10").model_kwargs["depth"] == 3
     over = condense_preset("idm", "quick", "digits", ipc=3, train_steps=7, seed=4)
     assert over.method_config["train_steps"] == 7 and over.seed == 4 and over.ipc == 3
     with pytest.raises(ConfigError, match="idc"):
