@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.hooks == "mdc":
                 iters = condense_preset(args.method, args.preset, args.dataset, ipc=args.ipc, **over).iterations
                 over.setdefault("hooks", "mdc")
-                over["hooks_config"] = {**mdc_preset(args.preset, args.dataset, iterations=iters),
+                over["hooks_config"] = {**mdc_preset(args.preset, args.dataset, iterations=iters, base=args.method),
                                         **over.get("hooks_config", {})}
             cfg = condense_preset(args.method, args.preset, args.dataset, ipc=args.ipc, **over)
             t0 = time.perf_counter()

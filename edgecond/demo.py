@@ -41,7 +41,7 @@ def run_demo(out: str | Path = "out/demo", *, seeds: int = 3, fast: bool = False
         iterations = max(1, iterations // 2)
         eval_overrides["epochs"] = eval_preset("quick").epochs // 2
     overrides.update(hooks="mdc", iterations=iterations,
-                     hooks_config=mdc_preset("quick", "digits", iterations=iterations))
+                     hooks_config=mdc_preset("quick", "digits", iterations=iterations, base=base))
     config = condense_preset(base, "quick", "digits", ipc=ipc, **overrides)
     t0 = time.perf_counter()
     result = condense(dataset, config, device=device, progress=progress, log_path=out / "condense-log.jsonl")

@@ -226,6 +226,8 @@ def test_presets_resolve_and_errors():
         assert (d.lr_img, mc["ce_weight"], mc["push_interval"], d.factor) == pytest.approx((lr, ce, push, 1)), ipc
         assert d.model_kwargs["depth"] == 2
     assert condense_preset("dm", "paper", "digits").model_kwargs["depth"] == 2
+    assert [condense_preset("dm", "quick", "digits", ipc=i).lr_img for i in (1, 10)] == pytest.approx([0.1, 1.0])
+    assert condense_preset("dm", "paper", "digits", ipc=1).lr_img == 1.0
     assert condense_preset("idm", "paper", "cifar10").model_kwargs["depth"] == 3
     over = condense_preset("idm", "quick", "digits", ipc=3, train_steps=7, seed=4)
     assert over.method_config["train_steps"] == 7 and over.seed == 4 and over.ipc == 3

@@ -159,6 +159,10 @@ def test_build_hooks_and_config_errors():
     with pytest.raises(ConfigError):
         MultisizeHooks(MDCConfig(metric="cosine"), ipc=3, num_classes=2)
     assert mdc_preset("paper", "cifar10")["delta_t"] == 100
+    # distribution-matching bases on digits: λ = 0.1 (the prefix loss's per-image gradient is N/n times larger)
+    assert mdc_preset("quick", "digits", iterations=150, base="idm")["subset_weight"] == 0.1
+    assert "subset_weight" not in mdc_preset("quick", "digits", iterations=20, base="idc")
+    assert "subset_weight" not in mdc_preset("quick", "cifar10", iterations=20, base="idm")
     # ipc 1: MDC is the plain condensation
     one = MultisizeHooks(MDCConfig(), ipc=1, num_classes=2)
     assert one.prefixes([0]) == (None,)

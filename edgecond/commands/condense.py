@@ -123,7 +123,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         overrides["hooks"] = "mdc"
         probe = condense_preset(method, args.preset, args.dataset, ipc=args.ipc,
                                 **{k: v for k, v in overrides.items() if k not in ("hooks", "hooks_config")})
-        hooks_config = mdc_preset(args.preset, args.dataset, iterations=probe.iterations)
+        hooks_config = mdc_preset(args.preset, args.dataset, iterations=probe.iterations, base=method)
         hooks_config.update(overrides.get("hooks_config") or {})
         overrides["hooks_config"] = hooks_config
     elif args.base:

@@ -192,7 +192,7 @@ def _mdc_config(cfg: SubsetDegradationConfig) -> dict[str, Any]:
     from . import condense_preset
 
     iterations = condense_preset(cfg.base, cfg.preset, cfg.dataset, ipc=int(cfg.ipc), **bench_overrides(cfg)).iterations
-    out = mdc_preset(cfg.preset, cfg.dataset, iterations=iterations)
+    out = mdc_preset(cfg.preset, cfg.dataset, iterations=iterations, base=cfg.base)
     out.update(cfg.mdc)
     return out
 

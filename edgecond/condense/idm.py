@@ -144,6 +144,10 @@ def _dm_paper(dataset_name: str, ipc: int = 10) -> dict:
 def _dm_quick(dataset_name: str, ipc: int = 10) -> dict:
     out = _dm_paper(dataset_name, ipc)
     out.update(iterations=300, batch_real=128)
+    if _dataset_key(dataset_name) == "digits":
+        # the image step ∝ IPC as for IDM (validation, IPC 1, two condensation seeds: lr 0.1
+        # 86.6 %, 0.3 86.4 %, the paper's 1.0 84.6 %; IPC 10 keeps 1.0: 96.2 %)
+        out["lr_img"] = min(0.1 * max(int(ipc), 1), 1.0)
     return out
 
 
