@@ -111,12 +111,11 @@ def _idm_digits(ipc: int) -> tuple[dict, dict]:
     """Digits' quick settings, chosen on a validation split of digits' TRAIN (docs/condensation.md,
     *Fourth search*): 8×8 images are too small for l = 2 (4×4 pieces: 78 % vs 87 % at IPC 1); the
     matching ConvNet has depth 2 (``_match_depth``: with depth 3 the last block normalises 2×2
-    maps; IPC 10: DM 96.2 % vs 93.9 %, IDM 96.5 % vs 91.8 %); ``lr_img`` grows with IPC like
-    IDC's (each image's share of the class-mean gradient is 1/IPC): 0.1·IPC, at most 1.0 (IPC 1:
-    0.1 ≈ 0.2 ≫ 0.4 ≫ 1.0, 85.8 / 85.7 / 76.8 / 68.8 %; IPC 10: 1.0 > 2.0 > 0.2, and 200
-    iterations beat 400). At
-    IPC 1 a model is pushed every 5 iterations, the paper's IPC-1 interval (87.4 vs 86.5 %, two
-    condensation seeds). The class-aware regulariser is kept at IPC 1 (its weight helps there,
+    maps; IPC 10: DM 96.2 % vs 93.9 %, IDM 96.5 % vs the old depth-3 preset's 91.8 %);
+    ``lr_img`` grows with IPC like IDC's (each image's share of the class-mean gradient is
+    1/IPC): 0.1·IPC, at most 1.0 (IPC 1: 0.1 ≈ 0.2 ≫ 0.4 ≫ 1.0, 85.8 / 85.7 / 76.8 / 68.8 %;
+    IPC 10: 1.0 > 2.0 > 0.2, and 200 iterations beat 400). At IPC 1 a model is pushed every 5
+    iterations, the paper's IPC-1 interval (87.4 vs 86.5 %, two condensation seeds). The class-aware regulariser is kept at IPC 1 (its weight helps there,
     83.9 → 85.7 %) and switched off above (at IPC 10 every weight tried lowered accuracy,
     96.5 → 95.6 %), as the paper lowers λ_reg for larger IPC."""
     one = int(ipc) <= 1
