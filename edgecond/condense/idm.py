@@ -115,14 +115,21 @@ def _idm_digits(ipc: int) -> tuple[dict, dict]:
     ``lr_img`` grows with IPC like IDC's (each image's share of the class-mean gradient is
     1/IPC): 0.1·IPC, at most 1.0 (IPC 1: 0.1 ≈ 0.2 ≫ 0.4 ≫ 1.0, 85.8 / 85.7 / 76.8 / 68.8 %;
     IPC 10: 1.0 > 2.0 > 0.2, and 200 iterations beat 400). At IPC 1 a model is pushed every 5
-    iterations, the paper's IPC-1 interval (87.4 vs 86.5 %, two condensation seeds). The class-aware regulariser is kept at IPC 1 (its weight helps there,
-    83.9 → 85.7 %) and switched off above (at IPC 10 every weight tried lowered accuracy,
-    96.5 → 95.6 %), as the paper lowers λ_reg for larger IPC."""
+    iterations, the paper's IPC-1 interval (87.4 vs 86.5 %, two condensation seeds). The
+    class-aware regulariser is kept at IPC 1 (its weight helps there, 83.9 → 85.7 %) and switched
+    off above (at IPC 10 every weight tried lowered accuracy, 96.5 → 95.6 %), as the paper lowers
+    λ_reg for larger IPC."""
     one = int(ipc) <= 1
-    engine = {"factor": 1, "iterations": 200, "batch_real": 64, "lr_img": min(0.1 * max(int(ipc), 1), 1.0)}
+    engine = {"factor": 1, "iterations": 200, "batch_real": 64, "lr_img": _digits_lr_img(ipc)}
     method = {"queue_max": 10, "train_models": 1, "push_interval": 5 if one else 10,
               "ce_weight": 0.5 if one else 0.0}
     return engine, method
+
+
+def _digits_lr_img(ipc: int) -> float:
+    """IDM/DM image lr on digits: 0.1 per stored image, at most 1.0 (a class-mean loss gives each
+    image 1/IPC of the gradient, so the step grows with IPC)."""
+    return min(0.1 * max(int(ipc), 1), 1.0)
 
 
 def _dm_paper(dataset_name: str, ipc: int = 10) -> dict:
@@ -146,7 +153,7 @@ def _dm_quick(dataset_name: str, ipc: int = 10) -> dict:
     if _dataset_key(dataset_name) == "digits":
         # the image step ∝ IPC as for IDM (validation, IPC 1, two condensation seeds: lr 0.1
         # 86.6 %, 0.3 86.4 %, the paper's 1.0 84.6 %; IPC 10 keeps 1.0: 96.2 %)
-        out["lr_img"] = min(0.1 * max(int(ipc), 1), 1.0)
+        out["lr_img"] = _digits_lr_img(ipc)
     return out
 
 
@@ -265,31 +272,29 @@ class IDM(Matcher):
             losses: dict[int | None, torch.Tensor] = {}
             cache: dict[int, torch.Tensor] = {}
             stats: dict[str, float] = {}
+
+            def masked_loss(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+                """Mean-embedding distance of the rows in ``mask`` (+ the weighted CE regulariser)."""
+                loss = ((real_mean - fs_c[mask].mean(0)) ** 2).sum()
+                if not (use_ce and weight > 0):
+                    return loss, None
+                y = torch.full((int(mask.sum()),), int(c), dtype=torch.long, device=fs.device)
+                ce = F.cross_entropy(lg_c[mask], y)
+                return loss + weight * ce, ce
+
             if self.config.independent_ranks:  # each rank matched alone: Baseline B in one run
-                total = fs_c.sum() * 0.0
-                for r in range(syn.ipc):
-                    mask = o == r
-                    total = total + ((real_mean - fs_c[mask].mean(0)) ** 2).sum()
-                    if use_ce and weight > 0:
-                        y = torch.full((int(mask.sum()),), int(c), dtype=torch.long, device=fs.device)
-                        total = total + weight * F.cross_entropy(lg_c[mask], y)
-                outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs_c.detach(), syn_owner=o,
-                                        real_features=fr_c, stats=stats))
+                total = sum(masked_loss(o == r)[0] for r in range(syn.ipc))
+                outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs_c.detach(),
+                                        syn_owner=o, real_features=fr_c, stats=stats))
                 continue
             for p in prefixes:
                 n = syn.ipc if p is None else int(p)
                 if not 1 <= n <= syn.ipc:
                     raise ConfigError(f"prefix {p!r} requested from {self.name}; expected None or 1..{syn.ipc}.")
                 if n not in cache:
-                    mask = o < n
-                    loss = ((real_mean - fs_c[mask].mean(0)) ** 2).sum()
-                    if use_ce and weight > 0:
-                        y = torch.full((int(mask.sum()),), int(c), dtype=torch.long, device=fs.device)
-                        ce = F.cross_entropy(lg_c[mask], y)
-                        loss = loss + weight * ce
-                        if n == syn.ipc:
-                            stats["ce"] = float(ce.detach())
-                    cache[n] = loss
+                    cache[n], ce = masked_loss(o < n)
+                    if ce is not None and n == syn.ipc:
+                        stats["ce"] = float(ce.detach())
                 losses[p] = cache[n]
             if use_ce:
                 stats["acc"] = acc
