@@ -110,22 +110,24 @@ class ContinualBenchConfig:
 
 
 def preset(name: str, dataset: str) -> ContinualBenchConfig:
-    """``quick`` (CPU minutes on digits) or ``paper`` (longer condensation and training)."""
-    key = dataset.strip().lower()
+    """``quick`` (CPU minutes on digits-sized data) or ``paper`` (longer condensation and
+    training), from the data's facts (edgecond.facts), not its name: the condensation settings
+    come from the library's resolver; this function only adds the benchmark's own lengths."""
+    from edgecond.condense.presets import dataset_facts
+    from edgecond.facts import without_flip
+
+    facts, _ = dataset_facts(dataset)
     cfg = ContinualBenchConfig(dataset=dataset)
-    if key == "digits":
+    if facts.side <= 8:
         # 8x8 images: factor 1 (4x4 tiles are too coarse), small ConvNet
         cfg.condense_overrides = {"factor": 1, "iterations": 50, "dtype": "float16",
-                                  "model_kwargs": {"width": 32, "depth": 3, "norm": "instance"}}
-        cfg.herding_overrides = {"model_kwargs": {"width": 32, "depth": 3, "norm": "instance"},
+                                  "model_kwargs": {"width": 32, "depth": 2, "norm": "instance"}}
+        cfg.herding_overrides = {"model_kwargs": {"width": 32, "depth": 2, "norm": "instance"},
                                  "method_config": {"train_steps": 100, "batch": 128}}
-        # the IDM settings this benchmark was measured with (docs/continual.md); the digits quick
-        # preset has since moved to an IPC-scaled lr_img and no regulariser above IPC 1
-        cfg.matcher_overrides = {"idm": {"lr_img": 0.2, "ce_weight": 0.1}}
-    elif key.startswith("cifar"):
-        cfg.condense_overrides = {"factor": 2, "iterations": 200}
+    elif facts.side >= 24:
+        cfg.condense_overrides = {"factor": 2}
         cfg.model_kwargs = {"width": 128}
-        cfg.augment = "color_crop_cutout_flip_scale_rotate"
+        cfg.augment = without_flip("color_crop_cutout_flip_scale_rotate", facts.flips)
     if name == "quick":
         return cfg
     if name == "paper":

@@ -82,7 +82,9 @@ def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, 
         if arm not in arms:
             continue
         dataset = dataset or load_dataset(dataset_name)
-        cfg = condense_preset(method, cpreset, dataset_name, ipc=preset["ipc"], hooks=hooks, seed=seed)
+        # the one resolver (MDC's Δt from the resolved iteration count)
+        cfg = condense_preset(method, cpreset, dataset, ipc=preset["ipc"], hooks=hooks, seed=seed,
+                              **dict(preset.get("condense_overrides") or {}))
         t0, c0 = time.perf_counter(), time.process_time()
         res = condense(dataset, cfg, device=device, progress=False)
         res.buffer.save(path)

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             for arm, secs in arms.items():
                 idc_module.IDC._cuts = one_block if arm == "mdc_one_forward" else blocks
                 hooks = "none" if arm == "base" else "mdc"
-                cfg = condense_preset("idc", "quick", ds.name, ipc=args.ipc, iterations=args.iterations,
+                cfg = condense_preset("idc", "quick", ds, ipc=args.ipc, iterations=args.iterations,
                                       hooks=hooks, hooks_config={"delta_t": args.delta_t} if hooks == "mdc" else {},
                                       **extra)
                 res = condense(ds, cfg, progress=False)

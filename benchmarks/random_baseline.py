@@ -33,8 +33,8 @@ from edgecond.utils import resolve_device, set_cpu_threads
 def run(args: argparse.Namespace) -> dict:
     threads = set_cpu_threads(args.threads)
     device = resolve_device(args.device)
-    config = eval_preset(args.preset, epochs=args.epochs, model=args.model)
     dataset = load_dataset(args.dataset, root=args.root)
+    config = eval_preset(args.preset, dataset, epochs=args.epochs, model=args.model)
     seeds = list(range(args.seeds))
     rows = []
     for ipc_text in args.ipc:

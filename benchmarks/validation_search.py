@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgecond.condense import condense, condense_preset
     from edgecond.condense.baselines import holdout_split
-    from edgecond.condense.multisize import mdc_preset
     from edgecond.data import load_dataset
     from edgecond.errors import EdgecondError
     from edgecond.evaluate import eval_preset, evaluate_buffer
@@ -53,15 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         ds = holdout_split(load_dataset(args.dataset), per_class=args.val_per_class, seed=0)
-        ecfg = eval_preset("quick")
+        ecfg = eval_preset("quick", ds)
         for overrides in tries:
             over = dict(overrides)
             if args.hooks == "mdc":
-                iters = condense_preset(args.method, args.preset, args.dataset, ipc=args.ipc, **over).iterations
                 over.setdefault("hooks", "mdc")
-                over["hooks_config"] = {**mdc_preset(args.preset, args.dataset, iterations=iters, base=args.method),
-                                        **over.get("hooks_config", {})}
-            cfg = condense_preset(args.method, args.preset, args.dataset, ipc=args.ipc, **over)
+            # the one resolver, on the validation copy's facts (MDC's Δt from the iterations)
+            cfg = condense_preset(args.method, args.preset, ds, ipc=args.ipc, **over)
             t0 = time.perf_counter()
             res = condense(ds, cfg, progress=False)
             scores = evaluate_buffer(res.buffer, ds, ecfg, sizes=sizes, seeds=range(args.seeds), progress=False)

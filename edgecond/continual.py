@@ -347,6 +347,7 @@ def class_subset(dataset: "ImageDataset", classes: Sequence[int]) -> "ImageDatas
         mean=tuple(dataset.mean),
         std=tuple(dataset.std),
         source=f"{dataset.source} classes={classes}",
+        flips=bool(getattr(dataset, "flips", False)),
     )
 
 
@@ -357,7 +358,10 @@ def _digest_tensor(h: "hashlib._Hash", t: Any) -> None:
     h.update(arr.tobytes())
 
 
-def _resolve_condense_config(dataset_name: str, config: ExperienceCondenseConfig):
+def _resolve_condense_config(dataset: Any, config: ExperienceCondenseConfig):
+    """The one resolver (``edgecond.condense.condense_preset``) for one experience's data: its
+    facts (shape, classes, images per class) choose the quick settings, and ``hooks="mdc"`` gets
+    MDC's Δt from the resolved iteration count."""
     from .condense import condense_preset
 
     overrides = dict(config.overrides)
@@ -366,7 +370,7 @@ def _resolve_condense_config(dataset_name: str, config: ExperienceCondenseConfig
     if hooks not in ("mdc", "none"):
         raise ConfigError(f"hooks={config.hooks!r}; expected 'mdc' (multisize) or 'none' (plain condensation).")
     overrides["hooks"] = hooks
-    return condense_preset(config.method, config.preset, dataset_name, **overrides)
+    return condense_preset(config.method, config.preset, dataset, **overrides)
 
 
 def cache_key(dataset: "ImageDataset", classes: Sequence[int], config: ExperienceCondenseConfig,
@@ -409,10 +413,10 @@ def condense_classes(
     config = config or ExperienceCondenseConfig()
     classes = [int(c) for c in classes]
     sub = class_subset(dataset, classes)
-    resolved = _resolve_condense_config(dataset.name, config)
+    resolved = _resolve_condense_config(sub, config)
     key = cache_key(dataset, classes, config, resolved)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset.name)
+    safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset.name)[-48:].lstrip("_")
     path = folder / f"{safe_name}-{config.method}-{config.hooks}-{key[:16]}.safetensors"
     if path.exists():
         log.info("continual: cache hit %s (classes %s)", path, classes)

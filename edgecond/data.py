@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DatasetError
+from .facts import DataFacts
 from .registry import Registry
 
 __all__ = [
@@ -41,6 +42,10 @@ __all__ = [
     "DATASETS",
     "register_dataset",
     "load_dataset",
+    "registered_facts",
+    "provenance",
+    "dataset_of_buffer",
+    "flips_of_buffer",
     "list_datasets",
     "from_arrays",
     "read_idx",
@@ -87,6 +92,31 @@ class ImageDataset:
     mean: tuple[float, ...]  # per channel, of the training split in pixel space
     std: tuple[float, ...]
     source: str = ""  # where it was read from
+    #: a horizontal flip keeps every label (CIFAR: yes; digits, MNIST, SVHN: no; your own data:
+    #: the ``flips=`` flag of :func:`load_dataset`, default no). Read by every augmentation.
+    flips: bool = False
+
+    @property
+    def facts(self) -> DataFacts:
+        """The :class:`~edgecond.facts.DataFacts` presets are resolved from (no names)."""
+        counts = torch.bincount(self.y_train, minlength=self.num_classes)
+        return DataFacts(image_shape=self.image_shape, num_classes=self.num_classes,
+                         train_per_class=int(counts.min()) if len(counts) else 0,
+                         train_size=int(len(self.y_train)), flips=bool(self.flips))
+
+    def digest(self) -> str:
+        """Content digest of the training split (pixels, labels, class names): 32 hex digits of
+        BLAKE2b. A buffer records it, so a moved or changed dataset file is detected."""
+        cached = self.__dict__.get("_digest")
+        if cached is not None:
+            return cached
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((tuple(self.x_train.shape), self.class_names)).encode())
+        h.update(self.x_train.contiguous().numpy().tobytes())
+        h.update(self.y_train.contiguous().numpy().tobytes())
+        out = h.hexdigest()
+        self.__dict__["_digest"] = out
+        return out
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -325,6 +355,11 @@ class DatasetSpec:
     description: str
     locate: Callable[[Path], tuple[str, bool]] = field(default=lambda root: ("", True))
     takes_path: bool = False
+    #: does a horizontal flip keep labels? ``None``: the user says (``load_dataset(flips=...)``),
+    #: default ``False``
+    flips: bool | None = None
+    #: the dataset's facts when they are known without loading it (torchvision sets), else None
+    facts: DataFacts | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry(
@@ -339,8 +374,13 @@ def register_dataset(
     description: str,
     locate: Callable[[Path], tuple[str, bool]] | None = None,
     takes_path: bool = False,
+    flips: bool | None = None,
+    facts: DataFacts | None = None,
 ):
-    """Decorator registering ``loader(arg, root, download) -> ImageDataset`` under ``name``."""
+    """Decorator registering ``loader(arg, root, download) -> ImageDataset`` under ``name``.
+
+    ``flips``: whether horizontal flips keep this dataset's labels (``None`` = the caller's
+    ``load_dataset(flips=...)``, default ``False``)."""
 
     def deco(loader):
         DATASETS.register(
@@ -350,6 +390,8 @@ def register_dataset(
                 description=description,
                 locate=locate or (lambda root: ("", True)),
                 takes_path=takes_path,
+                flips=flips,
+                facts=facts,
             ),
         )
         return loader
@@ -357,9 +399,15 @@ def register_dataset(
     return deco
 
 
-def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False) -> ImageDataset:
+def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
+                 flips: bool | None = None) -> ImageDataset:
     """Load a dataset by name (see module docstring). ``root`` is where torchvision datasets live
-    (default :func:`default_root`); ``download=True`` lets torchvision fetch missing files."""
+    (default :func:`default_root`); ``download=True`` lets torchvision fetch missing files.
+
+    ``flips``: whether horizontal flips keep labels. Registered datasets know (CIFAR yes; digits,
+    MNIST, Fashion-MNIST... see ``edgecond datasets``); for ``npz:``/``imagefolder:`` data pass it
+    (default ``False``: never mirror what might be text or digits). Passing a value that
+    contradicts a registered dataset's is an error."""
     if not isinstance(name, str) or not name.strip():
         raise DatasetError(f"dataset name {name!r} is empty; expected e.g. 'digits' or 'imagefolder:PATH'.")
     base, sep, arg = name.strip().partition(":")
@@ -372,7 +420,73 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if not spec.takes_path and sep:
         raise DatasetError(f"dataset {base!r} takes no ':PATH' suffix (got {name!r}); pass --root to move its files.")
     root_path = Path(root).expanduser() if root is not None else default_root()
-    return spec.loader(arg or None, root_path, bool(download))
+    if flips is not None and spec.flips is not None and bool(flips) != spec.flips:
+        raise DatasetError(
+            f"flips={bool(flips)} for dataset {base!r}, whose labels are {'kept' if spec.flips else 'not kept'} "
+            f"by a horizontal flip; drop the flips setting (it is only for npz:/imagefolder: data)."
+        )
+    ds = spec.loader(arg or None, root_path, bool(download))
+    ds.flips = bool(spec.flips if spec.flips is not None else (flips if flips is not None else False))
+    return ds
+
+
+def registered_facts(name: str) -> DataFacts | None:
+    """The facts of a registered dataset that are known without loading it (the torchvision
+    sets), or ``None`` (load the dataset and read ``.facts``)."""
+    base, _, arg = str(name).strip().partition(":")
+    try:
+        spec = DATASETS.get(base)
+    except ConfigError:
+        return None
+    return None if arg else spec.facts
+
+
+def provenance(dataset: ImageDataset) -> dict:
+    """What a buffer records about the data it was condensed from: the name to reopen it with
+    (``npz:``/``imagefolder:`` with the resolved path), where it was read, the content digest of
+    the training split and its :class:`~edgecond.facts.DataFacts`."""
+    return {"name": dataset.name, "source": dataset.source, "digest": dataset.digest(),
+            "facts": dataset.facts.to_dict()}
+
+
+def flips_of_buffer(meta) -> bool:
+    """The flip policy for training on a buffer: the flips fact recorded at condensation time
+    (``extra["data"]["facts"]["flips"]``); for buffers without it (older files, lean slices),
+    the registry's answer for the recorded dataset name; ``False`` when nobody knows."""
+    rec = ((getattr(meta, "extra", None) or {}).get("data") or {}).get("facts") or {}
+    if "flips" in rec:
+        return bool(rec["flips"])
+    base = str(getattr(meta, "dataset", "")).partition(":")[0]
+    spec = DATASETS.get(base) if base and base in DATASETS else None
+    return bool(spec.flips) if spec is not None and spec.flips is not None else False
+
+
+def dataset_of_buffer(meta, *, root: str | os.PathLike | None = None) -> ImageDataset:
+    """Reopen the dataset a buffer was condensed from (``meta``: its :class:`BufferMeta`) and check
+    that it is the same data: a moved, missing or changed file is a :class:`DatasetError` that
+    says which, and how to point at the data explicitly (``--dataset``)."""
+    rec = (getattr(meta, "extra", None) or {}).get("data") or {}
+    name = rec.get("name") or getattr(meta, "dataset", "")
+    flips = (rec.get("facts") or {}).get("flips")
+    base = str(name).partition(":")[0]
+    try:
+        spec_flips = DATASETS.get(base).flips if base in DATASETS else None
+    except ConfigError:  # pragma: no cover - guarded by the membership test
+        spec_flips = None
+    try:
+        ds = load_dataset(name, root=root, flips=None if spec_flips is not None else flips)
+    except DatasetError as exc:
+        raise DatasetError(
+            f"the buffer was condensed from {name!r}, which cannot be opened now ({exc}). If the data moved, "
+            "pass it explicitly: --dataset NAME (e.g. npz:NEW/PATH.npz)."
+        ) from None
+    want = rec.get("digest")
+    if want and ds.digest() != want:
+        raise DatasetError(
+            f"dataset {name!r} has changed since the buffer was condensed: training-split digest {ds.digest()} "
+            f"!= recorded {want}. Evaluate on the original data, or pass --dataset explicitly to use this data."
+        )
+    return ds
 
 
 def list_datasets(*, root: str | os.PathLike | None = None) -> list[DatasetInfo]:
@@ -393,6 +507,7 @@ def list_datasets(*, root: str | os.PathLike | None = None) -> list[DatasetInfo]
 
 @register_dataset(
     "digits",
+    flips=False,
     description="scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), 75/25 stratified split",
     locate=lambda root: ("scikit-learn (bundled with the package, offline)", True),
 )
@@ -505,6 +620,8 @@ def _exists_all(paths: Sequence[Path]) -> bool:
 
 @register_dataset(
     "mnist",
+    facts=DataFacts(image_shape=(1, 28, 28), num_classes=10, train_per_class=5421, train_size=60000, flips=False),
+    flips=False,
     description="MNIST 28x28 handwritten digits (60k/10k), via torchvision",
     locate=lambda root: (str(root / "MNIST"), _find_idx_dir([root / "MNIST" / "raw"]) is not None),
 )
@@ -545,6 +662,8 @@ def _locate_fashion(root: Path) -> tuple[str, bool]:
 
 @register_dataset(
     "fashion-mnist",
+    facts=DataFacts(image_shape=(1, 28, 28), num_classes=10, train_per_class=6000, train_size=60000, flips=True),
+    flips=True,
     description="Fashion-MNIST 28x28 (60k/10k): Debian's dataset-fashion-mnist IDX files, else torchvision",
     locate=_locate_fashion,
 )
@@ -585,6 +704,8 @@ def _load_cifar(name: str, cls_name: str, folder: str, root: Path, download: boo
 
 @register_dataset(
     "cifar10",
+    facts=DataFacts(image_shape=(3, 32, 32), num_classes=10, train_per_class=5000, train_size=50000, flips=True),
+    flips=True,
     description="CIFAR-10 32x32 colour (50k/10k), via torchvision",
     locate=lambda root: (str(root / "cifar-10-batches-py"), (root / "cifar-10-batches-py" / "test_batch").exists()),
 )
@@ -594,6 +715,8 @@ def _load_cifar10(arg: str | None, root: Path, download: bool) -> ImageDataset:
 
 @register_dataset(
     "cifar100",
+    facts=DataFacts(image_shape=(3, 32, 32), num_classes=100, train_per_class=500, train_size=50000, flips=True),
+    flips=True,
     description="CIFAR-100 32x32 colour (50k/10k, 100 classes), via torchvision",
     locate=lambda root: (str(root / "cifar-100-python"), (root / "cifar-100-python" / "test").exists()),
 )
@@ -603,6 +726,8 @@ def _load_cifar100(arg: str | None, root: Path, download: bool) -> ImageDataset:
 
 @register_dataset(
     "svhn",
+    facts=DataFacts(image_shape=(3, 32, 32), num_classes=10, train_per_class=4659, train_size=73257, flips=False),
+    flips=False,
     description="SVHN 32x32 house numbers (73k/26k), via torchvision",
     locate=lambda root: (str(root / "svhn"), _exists_all([root / "svhn" / "train_32x32.mat",
                                                             root / "svhn" / "test_32x32.mat"])),
@@ -660,8 +785,7 @@ def _load_npz(arg: str | None, root: Path, download: bool) -> ImageDataset:
         ) from None
     except (OSError, EOFError) as exc:
         raise DatasetError(f"{str(path)!r} is not a readable .npz file ({exc}).") from None
-    stem = path.stem
-    return from_arrays(f"npz:{stem}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+    return from_arrays(f"npz:{path.resolve()}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                        class_names=names, source=str(path.resolve()))
 
 
@@ -768,7 +892,7 @@ def _load_imagefolder(arg: str | None, root: Path, download: bool) -> ImageDatas
                 if str(z["fingerprint"]) == fp:
                     log.debug("imagefolder cache hit %s", cache)
                     stats = z["stats"] if "stats" in z.files else None
-                    return from_arrays(f"imagefolder:{folder.name}", z["x_train"], z["y_train"], z["x_test"],
+                    return from_arrays(f"imagefolder:{folder.resolve()}", z["x_train"], z["y_train"], z["x_test"],
                                        z["y_test"], class_names=[str(c) for c in z["class_names"].tolist()],
                                        source=str(folder.resolve()), stats=stats)
         except Exception:  # a broken cache is rebuilt, never trusted
@@ -781,7 +905,7 @@ def _load_imagefolder(arg: str | None, root: Path, download: bool) -> ImageDatas
         log.info("decoding %d %s images of %s", len(files), split, folder)
         arrays[f"x_{split}"] = _decode_images(files, mode, size, what).transpose(0, 3, 1, 2)
         arrays[f"y_{split}"] = labels
-    ds = from_arrays(f"imagefolder:{folder.name}", arrays["x_train"], arrays["y_train"], arrays["x_test"],
+    ds = from_arrays(f"imagefolder:{folder.resolve()}", arrays["x_train"], arrays["y_train"], arrays["x_test"],
                      arrays["y_test"], class_names=classes, source=str(folder.resolve()))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

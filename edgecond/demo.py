@@ -25,28 +25,24 @@ def run_demo(out: str | Path = "out/demo", *, seeds: int = 3, fast: bool = False
              base: str = "idc", device: str = "cpu", progress: bool = True) -> dict:
     """Condense digits with MDC, evaluate every size, write buffer + JSON + PNG; return the report."""
     from .condense import condense, condense_preset
-    from .condense.baselines import BENCH_QUICK, SubsetDegradationResult
-    from .condense.multisize import mdc_preset
+    from .condense.baselines import SubsetDegradationResult
     from .data import load_dataset
     from .evaluate import eval_preset, evaluate_buffer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset("digits")
-    # the subset-degradation benchmark's quick settings: a few CPU minutes on 2 cores
-    overrides: dict = dict(BENCH_QUICK.get(base, {}))
-    iterations = condense_preset(base, "quick", "digits", ipc=ipc, **overrides).iterations
+    # the one resolver: MDC over `base` with the quick preset for this data's geometry
+    config = condense_preset("mdc", "quick", dataset, base=base, ipc=ipc)
     eval_overrides: dict = {}
     if fast:
-        iterations = max(1, iterations // 2)
+        config = condense_preset("mdc", "quick", dataset, base=base, ipc=ipc,
+                                 iterations=max(1, config.iterations // 2))
         eval_overrides["epochs"] = eval_preset("quick").epochs // 2
-    overrides.update(hooks="mdc", iterations=iterations,
-                     hooks_config=mdc_preset("quick", "digits", iterations=iterations, base=base))
-    config = condense_preset(base, "quick", "digits", ipc=ipc, **overrides)
     t0 = time.perf_counter()
     result = condense(dataset, config, device=device, progress=progress, log_path=out / "condense-log.jsonl")
     condense_s = time.perf_counter() - t0
-    ecfg = eval_preset("quick", **eval_overrides)
+    ecfg = eval_preset("quick", dataset, **eval_overrides)
     t1 = time.perf_counter()
     sizes = evaluate_buffer(result.buffer, dataset, ecfg, sizes=range(1, ipc + 1), seeds=range(seeds),
                             device=device, progress=progress)

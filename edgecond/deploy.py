@@ -54,13 +54,10 @@ _ARTIFACTS = {  # same names as edgecond.export.ARTIFACT_FILES (not imported: it
     "optimizer_model": "optimizer_model.onnx",
     "checkpoint": "checkpoint",
 }
-#: Datasets whose classes change under a horizontal flip (digits): no flip augmentation.
-NO_FLIP_DATASETS = ("digits", "mnist", "svhn")
-
-
-def default_training(dataset: str, image_shape: tuple[int, int, int], optimizer: str) -> dict[str, Any]:
-    """Training settings written into a manifest when the caller gives none."""
-    name = dataset.split(":")[0].lower()
+def default_training(dataset: str, image_shape: tuple[int, int, int], optimizer: str, *,
+                     flips: bool = False) -> dict[str, Any]:
+    """Training settings written into a manifest when the caller gives none. ``flips``: the
+    data's flip policy (:func:`edgecond.data.flips_of_buffer`), never guessed from a name."""
     return {
         "epochs": 300,
         "lr": 0.01 if optimizer == "sgd" else 0.001,
@@ -69,7 +66,7 @@ def default_training(dataset: str, image_shape: tuple[int, int, int], optimizer:
         "augment": {
             "enabled": True,
             "crop_pad": max(1, int(round(image_shape[1] * 0.125))),
-            "flip": name not in NO_FLIP_DATASETS,
+            "flip": bool(flips),
         },
     }
 
@@ -165,6 +162,8 @@ def _save_eval(path: Path, x: np.ndarray, y: np.ndarray, dataset: str) -> None:
 
 
 def _buffer_facts(buf) -> dict[str, Any]:
+    from .data import flips_of_buffer
+
     meta = buf.meta
     labels = [int(v) for v in buf.labels]
     return {
@@ -178,6 +177,7 @@ def _buffer_facts(buf) -> dict[str, Any]:
         "num_classes": max(labels) + 1,
         "ipc_available": int(buf.ipc),
         "method": str(meta.method),
+        "flips": flips_of_buffer(meta),
     }
 
 
@@ -212,7 +212,7 @@ def deploy(buffer_path: str | os.PathLike, out_dir: str | os.PathLike, config: D
 
 def _training_settings(config: DeployConfig, facts: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``training``: :func:`default_training` updated with ``config.training``."""
-    training = default_training(facts["dataset"], facts["image_shape"], config.optimizer)
+    training = default_training(facts["dataset"], facts["image_shape"], config.optimizer, flips=facts["flips"])
     given = dict(config.training or {})
     unknown = sorted(set(given) - set(training))
     if unknown:

@@ -28,6 +28,7 @@ from torch import nn
 from .augment import DEFAULT_STRATEGY, DiffAugment, cutmix
 from .data import ImageDataset
 from .errors import ConfigError
+from .facts import without_flip
 from .models import build_model
 from .utils import make_generator, resolve_device
 
@@ -85,8 +86,14 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def eval_preset(name: str, **overrides: Any) -> EvalConfig:
-    """``quick`` (300 epochs) or ``paper`` (1000 epochs), with any field overridden."""
+def eval_preset(name: str, facts: Any = None, **overrides: Any) -> EvalConfig:
+    """``quick`` (300 epochs) or ``paper`` (1000 epochs), with any field overridden.
+
+    ``facts`` (a :class:`~edgecond.facts.DataFacts` or an ImageDataset): ``quick`` then follows
+    the data's geometry — a width-32 ConvNet on images larger than 16×16 (width 128 costs ~14×
+    more per epoch there: CPU minutes become an hour), the default width 128 up to 16×16.
+    ``paper`` is the published ConvNet-3 (width 128) whatever the data. Horizontal flips are
+    dropped at training time for data whose labels they do not keep (:func:`train_model`)."""
     key = str(name).strip().lower()
     if key not in EVAL_PRESETS:
         raise ConfigError(f"unknown evaluation preset {name!r}; expected one of {', '.join(EVAL_PRESETS)}.")
@@ -95,6 +102,10 @@ def eval_preset(name: str, **overrides: Any) -> EvalConfig:
     if bad:
         raise ConfigError(f"unknown EvalConfig field(s) {bad}; expected some of {', '.join(sorted(fields))}.")
     values = dict(EVAL_PRESETS[key])
+    if facts is not None:
+        facts = getattr(facts, "facts", facts)
+        if key == "quick" and facts.pixels > 16 * 16:
+            values["model_kwargs"] = {"width": 32}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return EvalConfig(**values).validate()
 
@@ -166,7 +177,9 @@ def train_model(
     y = y_train.to(dev)
     targets = soft_targets.detach().to(dev, torch.float32) if soft_targets is not None else None
     gen = make_generator(seed)
-    aug = DiffAugment(config.augment, single_op=config.single_op)
+    # the one flip policy: flips only where the data says they keep labels (edgecond.facts)
+    aug = DiffAugment(without_flip(config.augment, bool(getattr(dataset, "flips", False))),
+                      single_op=config.single_op)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
     from tqdm.auto import tqdm

@@ -33,20 +33,20 @@ def ensure_buffer(cfg: FederatedConfig, *, progress: bool = False) -> Path:
     from edgecond.condense.engine import condense, condense_preset
     from edgecond.data import load_dataset
 
+    dataset = load_dataset(cfg.dataset)
     overrides: dict = {"ipc": int(cfg.condense_ipc), "seed": int(cfg.seed)}
     if cfg.condense_hooks:
         overrides["hooks"] = cfg.condense_hooks
-    try:
-        ccfg = condense_preset(cfg.condense_method, cfg.condense_preset, cfg.dataset, **overrides)
+    try:  # the one resolver: condense-method "mdc" and condense-hooks "mdc" are the same request
+        ccfg = condense_preset(cfg.condense_method, cfg.condense_preset, dataset, **overrides)
     except Exception as err:  # ConfigError from the registry/presets, re-raised with context
         raise FederatedError(
             f"buffer-path {str(path)!r} does not exist and condensing it failed to configure: {err}. "
             "Point buffer-path at an existing buffer or fix condense-method/condense-preset."
         ) from err
-    log.info("buffer %s missing: condensing %s with %s/%s (ipc %d, hooks %r)", path, cfg.dataset,
-             ccfg.method, ccfg.preset, ccfg.ipc, ccfg.hooks)
+    log.info("buffer %s missing: condensing %s with %s/%s (ipc %d, hooks %r %s)", path, cfg.dataset,
+             ccfg.method, ccfg.preset, ccfg.ipc, ccfg.hooks, ccfg.hooks_config)
     t0 = time.perf_counter()
-    dataset = load_dataset(cfg.dataset)
     result = condense(dataset, ccfg, device=cfg.device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from edgecond.condense.base import EngineHooks, MatchOutput, SyntheticSet
+from edgecond.condense.presets import mdc_settings
 from edgecond.condense.multisize import (
     MDCConfig,
     MultisizeHooks,
     build_hooks,
     freeze_after,
-    mdc_preset,
     prefix_feature_distances,
     rate_of_change,
     select_mls,
@@ -158,11 +158,11 @@ def test_build_hooks_and_config_errors():
         MultisizeHooks(MDCConfig(delta_t=0), ipc=3, num_classes=2)
     with pytest.raises(ConfigError):
         MultisizeHooks(MDCConfig(metric="cosine"), ipc=3, num_classes=2)
-    assert mdc_preset("paper", "cifar10")["delta_t"] == 100
-    # distribution-matching bases on digits: λ = 0.1 (the prefix loss's per-image gradient is N/n times larger)
-    assert mdc_preset("quick", "digits", iterations=150, base="idm")["subset_weight"] == 0.1
-    assert "subset_weight" not in mdc_preset("quick", "digits", iterations=20, base="idc")
-    assert "subset_weight" not in mdc_preset("quick", "cifar10", iterations=20, base="idm")
+    assert mdc_settings("paper", iterations=2000, base="idc") == {"delta_t": 100}
+    # distribution-matching bases: λ = 0.1 in quick runs (the prefix loss's per-image gradient is N/n times larger)
+    assert mdc_settings("quick", iterations=150, base="idm") == {"delta_t": 25, "subset_weight": 0.1}
+    assert mdc_settings("quick", iterations=20, base="idc") == {"delta_t": 3}
+    assert mdc_settings("paper", iterations=20, base="idm") == {"delta_t": 3}  # short paper runs still select
     # ipc 1: MDC is the plain condensation
     one = MultisizeHooks(MDCConfig(), ipc=1, num_classes=2)
     assert one.prefixes([0]) == (None,)
@@ -225,7 +225,7 @@ def test_tiny_mdc_condense_writes_mls_history(tiny_ds, tmp_path):
     from edgecond.buffer import MultisizeBuffer
     from edgecond.condense import condense, condense_preset
 
-    cfg = condense_preset("idc", "quick", "tiny", ipc=3, hooks="mdc", hooks_config={"delta_t": 1}, **TINY)
+    cfg = condense_preset("idc", "quick", tiny_ds, ipc=3, hooks="mdc", hooks_config={"delta_t": 1}, **TINY)
     res = condense(tiny_ds, cfg, progress=False)
     path = tmp_path / "mdc.safetensors"
     res.buffer.save(path)
@@ -245,7 +245,7 @@ class _Recording(MultisizeHooks):
 def test_frozen_ranks_bitwise_unchanged_in_the_engine(tiny_ds):
     from edgecond.condense import condense, condense_preset
 
-    cfg = condense_preset("idc", "quick", "tiny", ipc=3, **TINY)
+    cfg = condense_preset("idc", "quick", tiny_ds, ipc=3, **TINY)
     assert cfg.momentum_img > 0
     hooks = _Recording(MDCConfig(delta_t=1000), ipc=3, num_classes=3)
     hooks.load_state_dict({"mls": [2, 2, 2], "frozen": [1, 1, 1]})  # as after an MLS 1 → 2 step

@@ -37,7 +37,15 @@ class Crash(EngineHooks):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("method", ["idc", "idm", "dm"])
+def _matchers():
+    from edgecond.condense import METHODS
+    from edgecond.condense.engine import _ensure_methods
+
+    _ensure_methods()
+    return [m for m in METHODS.names() if METHODS.get(m).kind == "matcher"]
+
+
+@pytest.mark.parametrize("method", _matchers())
 def test_resume_after_crash_is_bitwise_identical(method, ds, tmp_path):
     cfg = tiny_config(method, iterations=5)
     full = condense(ds, cfg, progress=False)

@@ -33,6 +33,14 @@ def _parse_sets(items: list[str] | None) -> dict:
     return out
 
 
+def _add_flips(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--flips", dest="flips", action="store_true", default=None,
+                   help="npz:/imagefolder: data: horizontal flips keep labels (photos); default: no flips")
+    g.add_argument("--no-flips", dest="flips", action="store_false",
+                   help="npz:/imagefolder: data: never flip (digits, text; the default)")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "condense",
@@ -44,6 +52,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--dataset", default="digits", help="dataset name (digits, cifar10, imagefolder:PATH, ...)")
     p.add_argument("--data-root", default=None, help="root folder of dataset files")
+    _add_flips(p)
     p.add_argument("--method", default=None, help=METHOD_HELP)
     p.add_argument("--ipc", type=int, default=10, help="stored images per class N (default 10)")
     p.add_argument("--factor", type=int, default=None, help="multi-formation factor (default: the preset's)")
@@ -52,7 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-offset", type=int, default=None, help="which block of real images initialises")
     p.add_argument("--dtype", default=None, help="buffer storage: uint8 (default) | float16 | float32")
-    p.add_argument("--hooks", default=None, help="none | mdc (multisize wrapper)")
+    p.add_argument("--hooks", default=None, help="none | mdc (multisize wrapper; same as --method mdc --base METHOD)")
     p.add_argument("--base", default=None,
                    help="base matcher of --method mdc: idc (default) | idm | dm")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -80,6 +89,7 @@ def register(subparsers) -> None:
     p.add_argument("buffer", metavar="BUFFER", help="buffer file (.safetensors)")
     p.add_argument("--dataset", default=None, help="dataset to test on (default: the buffer's)")
     p.add_argument("--data-root", default=None, help="root folder of dataset files")
+    _add_flips(p)
     p.add_argument("--sizes", default=None, help="comma list of sizes or 'all' (default 1,2,5,10,... up to N)")
     p.add_argument("--model", default=None, help="evaluation model (default convnet)")
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..K-1; default 3)")
@@ -115,21 +125,11 @@ def cmd_condense(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.init_offset is not None:
         overrides["init_offset"] = args.init_offset
-    method = args.method
-    if method.strip().lower() == "mdc":  # multisize: the base matcher + MDC hooks with the preset's Δt
-        from ..condense.multisize import mdc_preset
-
-        method = args.base or "idc"
-        overrides["hooks"] = "mdc"
-        probe = condense_preset(method, args.preset, args.dataset, ipc=args.ipc,
-                                **{k: v for k, v in overrides.items() if k not in ("hooks", "hooks_config")})
-        hooks_config = mdc_preset(args.preset, args.dataset, iterations=probe.iterations, base=method)
-        hooks_config.update(overrides.get("hooks_config") or {})
-        overrides["hooks_config"] = hooks_config
-    elif args.base:
-        raise ConfigError(f"--base {args.base!r} is only used with --method mdc; drop it or pass --method mdc.")
-    config = condense_preset(method, args.preset, args.dataset, ipc=args.ipc, seed=args.seed, **overrides)
-    dataset = load_dataset(args.dataset, root=args.data_root)
+    dataset = load_dataset(args.dataset, root=args.data_root, flips=args.flips)
+    # the one resolver: `--method mdc --base X` and `--method X --hooks mdc` are the same request
+    config = condense_preset(args.method, args.preset, dataset, base=args.base, ipc=args.ipc, seed=args.seed,
+                             **overrides)
+    print(describe_config(config, dataset), file=sys.stderr)
     out = Path(args.output)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     log_path = Path(args.log) if args.log else out.with_name(out.name + ".log.jsonl")
@@ -147,6 +147,21 @@ def cmd_condense(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({nbytes} bytes): {config.method} ipc {config.ipc} factor {config.factor} on "
           f"{dataset.name} in {result.seconds:.1f} s{spi_s}")
     return 0
+
+
+def describe_config(config, dataset) -> str:
+    """One line: what will run, and the settings that follow from the data's facts."""
+    f = dataset.facts
+    c, h, w = f.image_shape
+    what = f"mdc over {config.method}" if config.hooks == "mdc" else config.method
+    mdc = ""
+    if config.hooks == "mdc":
+        mdc = (f", MDC Δt {config.hooks_config.get('delta_t')} λ {config.hooks_config.get('subset_weight', 1.0)}")
+    mk = config.model_kwargs or {}
+    return (f"condense: {what}, {config.preset} preset for {c}x{h}x{w} images, {f.num_classes} classes, "
+            f">= {f.train_per_class} per class, flips {'yes' if f.flips else 'no'}: ipc {config.ipc}, "
+            f"factor {config.factor}, {config.iterations} iterations, lr_img {config.lr_img:g}, batch_real "
+            f"{config.batch_real}, {config.model} width {mk.get('width', '-')} depth {mk.get('depth', '-')}{mdc}")
 
 
 def _sizes(text: str | None, ipc: int) -> list[int]:
@@ -167,7 +182,7 @@ def _sizes(text: str | None, ipc: int) -> list[int]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..buffer import MultisizeBuffer
-    from ..data import load_dataset
+    from ..data import dataset_of_buffer, load_dataset
     from ..evaluate import eval_preset, evaluate_buffer
     from ..utils import set_cpu_threads
 
@@ -176,14 +191,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds {args.seeds}: expected an integer >= 1.")
     buf = MultisizeBuffer.load(args.buffer, mmap=False)
     sizes = _sizes(args.sizes, buf.ipc)
-    name = args.dataset or buf.meta.dataset
-    dataset = load_dataset(name, root=args.data_root)
+    if args.dataset:
+        dataset = load_dataset(args.dataset, root=args.data_root, flips=args.flips)
+    else:  # the data the buffer was condensed from, checked against its recorded digest
+        dataset = dataset_of_buffer(buf.meta, root=args.data_root)
     overrides = {}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.model is not None:
         overrides["model"] = args.model
-    config = eval_preset(args.preset, **overrides)
+    config = eval_preset(args.preset, dataset, **overrides)
     results = evaluate_buffer(buf, dataset, config, sizes=sizes, seeds=list(range(args.seeds)),
                               device=args.device, progress=not args.no_progress)
     print(f"{args.buffer}: {buf.meta.method} on {dataset.name}, eval {config.model} {config.epochs} epochs, "

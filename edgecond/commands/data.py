@@ -108,8 +108,8 @@ def cmd_evaluate_real(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "model": args.model,
                  "augment": args.augment, "cutmix_prob": args.cutmix_prob}
-    config = eval_preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
     dataset = load_dataset(args.dataset, root=args.root, download=args.download)
+    config = eval_preset(args.preset, dataset, **{k: v for k, v in overrides.items() if v is not None})
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     log.info("dataset %r; config %s; device %s; %d threads", dataset, config.to_dict(), device, threads)
     from tqdm.auto import tqdm

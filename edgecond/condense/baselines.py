@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .multisize import mdc_preset
 
 __all__ = [
     "METHOD_KEYS",
@@ -48,7 +47,6 @@ __all__ = [
     "mdc_condense",
     "random_real",
     "holdout_split",
-    "BENCH_QUICK",
     "bench_overrides",
     "run_subset_degradation",
     "merge_results",
@@ -172,38 +170,20 @@ def concat_size_one(images: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays, axis=1).astype(np.float32)
 
 
-#: The benchmark's ``quick`` preset runs ~20 condensations (A and B need N each), so each one is
-#: shorter than the matcher's own quick preset; ``paper`` uses the matcher's paper preset as is.
-BENCH_QUICK: dict[str, dict[str, Any]] = {
-    "idm": {"iterations": 150},
-    "dm": {"iterations": 150},
-}
-
-
 def bench_overrides(cfg: SubsetDegradationConfig) -> dict[str, Any]:
-    """Condensation overrides of a benchmark run: :data:`BENCH_QUICK` for ``quick``, then
-    ``cfg.condense_overrides``."""
-    out = dict(BENCH_QUICK.get(cfg.base, {})) if cfg.preset == "quick" else {}
-    out.update(cfg.condense_overrides)
-    return out
+    """Condensation overrides of a benchmark run: ``cfg.condense_overrides`` on top of the
+    library's own presets (the benchmark keeps no preset table of its own)."""
+    return dict(cfg.condense_overrides)
 
 
-def _mdc_config(cfg: SubsetDegradationConfig) -> dict[str, Any]:
-    from . import condense_preset
-
-    iterations = condense_preset(cfg.base, cfg.preset, cfg.dataset, ipc=int(cfg.ipc), **bench_overrides(cfg)).iterations
-    out = mdc_preset(cfg.preset, cfg.dataset, iterations=iterations, base=cfg.base)
-    out.update(cfg.mdc)
-    return out
-
-
-def _config(cfg: SubsetDegradationConfig, method: str, ipc: int, **extra: Any):
+def _config(cfg: SubsetDegradationConfig, dataset, method: str, ipc: int, **extra: Any):
+    """The one resolver (:func:`edgecond.condense.condense_preset`) for this benchmark's run."""
     from . import condense_preset
 
     overrides = bench_overrides(cfg)
     overrides.update(extra)
     overrides.setdefault("seed", int(cfg.seed))
-    return condense_preset(method, cfg.preset, cfg.dataset, ipc=int(ipc), **overrides)
+    return condense_preset(method, cfg.preset, dataset, ipc=int(ipc), **overrides)
 
 
 def _run(dataset, config, *, device: str, progress: bool, hooks=None):
@@ -214,7 +194,7 @@ def _run(dataset, config, *, device: str, progress: bool, hooks=None):
 
 def baseline_c(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True, _result=None) -> tuple[MethodSets, Any]:
     """Baseline C: one condensation to ``N``, cut to prefixes. Also returns the raw result."""
-    r = _result or _run(dataset, _config(cfg, cfg.base, cfg.ipc), device=cfg.device, progress=progress)
+    r = _result or _run(dataset, _config(cfg, dataset, cfg.base, cfg.ipc), device=cfg.device, progress=progress)
     sizes = range(1, int(cfg.ipc) + 1)
     ms = MethodSets("C", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, 1, [r.buffer],
                     {"seconds_per_iteration": r.seconds_per_iteration})
@@ -223,8 +203,7 @@ def baseline_c(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True, 
 
 def mdc_condense(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True) -> tuple[MethodSets, Any]:
     """MDC: one condensation to ``N`` with the multisize hooks, cut to prefixes."""
-    hooks_config = _mdc_config(cfg)
-    config = _config(cfg, cfg.base, cfg.ipc, hooks="mdc", hooks_config=hooks_config)
+    config = _config(cfg, dataset, cfg.base, cfg.ipc, hooks="mdc", hooks_config=dict(cfg.mdc))
     r = _run(dataset, config, device=cfg.device, progress=progress)
     sizes = range(1, int(cfg.ipc) + 1)
     mdc_meta = dict(r.buffer.meta.extra.get("mdc", {})) if hasattr(r.buffer.meta, "extra") else {}
@@ -246,7 +225,7 @@ def baseline_b(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
     from ..buffer import MultisizeBuffer
 
     if cfg.b_mode == "joint":
-        config = dataclasses.replace(_config(cfg, cfg.base, 1, init_seed=int(cfg.seed)), ipc=int(cfg.ipc),
+        config = dataclasses.replace(_config(cfg, dataset, cfg.base, 1, init_seed=int(cfg.seed)), ipc=int(cfg.ipc),
                                      independent_ranks=True)
         r = _run(dataset, config, device=cfg.device, progress=progress)
         if on_run is not None:
@@ -256,7 +235,7 @@ def baseline_b(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
                            [r.buffer], {"b_mode": "joint"}), [r])
     results, seconds = [], 0.0
     for k in range(int(cfg.ipc)):
-        config = _config(cfg, cfg.base, 1, seed=int(cfg.seed) + k, init_seed=int(cfg.seed), init_offset=k)
+        config = _config(cfg, dataset, cfg.base, 1, seed=int(cfg.seed) + k, init_seed=int(cfg.seed), init_offset=k)
         r = _run(dataset, config, device=cfg.device, progress=progress)
         results.append(r)
         seconds += r.seconds
@@ -292,7 +271,7 @@ def baseline_a(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
     if bad:
         raise ConfigError(f"a_sizes {bad} outside 1..{cfg.ipc}; expected sizes of the benchmark's range.")
     for n in sizes:
-        r = reuse.get(n) or _run(dataset, _config(cfg, cfg.base, n), device=cfg.device, progress=progress)
+        r = reuse.get(n) or _run(dataset, _config(cfg, dataset, cfg.base, n), device=cfg.device, progress=progress)
         seconds += r.seconds
         buffers.append(r.buffer)
         storage += _full_bytes(r.buffer)
@@ -305,7 +284,7 @@ def random_real(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True)
     """``N`` random real images per class (the ``random`` selector), cut to prefixes."""
     from . import condense_preset
 
-    config = condense_preset("random", "quick", cfg.dataset, ipc=int(cfg.ipc), seed=int(cfg.seed))
+    config = condense_preset("random", "quick", dataset, ipc=int(cfg.ipc), seed=int(cfg.seed))
     r = _run(dataset, config, device=cfg.device, progress=progress)
     sizes = range(1, int(cfg.ipc) + 1)
     return MethodSets("random", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, 0, [r.buffer])
@@ -475,10 +454,12 @@ def run_subset_degradation(
 
     cfg.validate()
     t_total = time.perf_counter()
-    eval_cfg = eval_preset(cfg.eval_preset or cfg.preset, **dict(cfg.eval_overrides))
+    eval_cfg = eval_preset(cfg.eval_preset or cfg.preset, dataset, **dict(cfg.eval_overrides))
     seeds = [int(s) for s in cfg.seeds]
     config_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    config_dict.update(condense_resolved=bench_overrides(cfg), mdc_resolved=_mdc_config(cfg) if "MDC" in cfg.methods else None,
+    mdc_resolved = (_config(cfg, dataset, cfg.base, cfg.ipc, hooks="mdc", hooks_config=dict(cfg.mdc)).hooks_config
+                    if "MDC" in cfg.methods else None)
+    config_dict.update(condense_resolved=bench_overrides(cfg), mdc_resolved=mdc_resolved,
                        dataset_summary=dataset.summary() if hasattr(dataset, "summary") else dataset.name,
                        eval=eval_cfg.to_dict(), seeds=seeds)
     result = SubsetDegradationResult(config=config_dict, methods={}, runtimes={})
@@ -623,14 +604,15 @@ def measure_cost_ratio(dataset, cfg: SubsetDegradationConfig, *, iterations: int
                        progress: bool = False) -> dict[str, Any]:
     """Seconds per outer iteration of the base matcher vs MDC on it, runs interleaved
     (base, MDC, base, MDC, …) on the same machine; the ratio uses the median of each."""
-    hooks_config = _mdc_config(cfg)
+    # MDC's settings of the full-length run (Δt from its iteration count), timed on a short run
+    hooks_config = _config(cfg, dataset, cfg.base, cfg.ipc, hooks="mdc", hooks_config=dict(cfg.mdc)).hooks_config
     base_s, mdc_s = [], []
     for _ in range(int(repeats)):
         for hooks, store in (("none", base_s), ("mdc", mdc_s)):
             extra = {"iterations": int(iterations), "hooks": hooks}
             if hooks == "mdc":
                 extra["hooks_config"] = hooks_config
-            r = _run(dataset, _config(cfg, cfg.base, cfg.ipc, **extra), device=cfg.device, progress=progress)
+            r = _run(dataset, _config(cfg, dataset, cfg.base, cfg.ipc, **extra), device=cfg.device, progress=progress)
             store.extend(r.history["seconds"])
     b, m = float(np.median(base_s)), float(np.median(mdc_s))
     return {"base": cfg.base, "ipc": int(cfg.ipc), "dataset": cfg.dataset, "iterations": int(iterations),

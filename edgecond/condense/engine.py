@@ -15,14 +15,13 @@ resumed run ends bit-for-bit where an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +54,9 @@ METHODS: Registry[type[Method]] = Registry(
     hint="Register your own with @edgecond.condense.register_method('name') on a Matcher or Selector subclass.",
 )
 DTYPES = ("uint8", "float16", "float32")
-_METHOD_MODULES = ("idc", "idm", "selection")
+#: modules of this package that are infrastructure, not methods (every other module is imported
+#: by :func:`_ensure_methods`, and registers its methods with :func:`register_method` on import)
+_NOT_METHOD_MODULES = frozenset({"base", "engine", "checkpoint", "presets", "multisize", "baselines"})
 
 
 def register_method(name: str):
@@ -70,10 +71,15 @@ def register_method(name: str):
 
 
 def _ensure_methods() -> None:
+    """Import every method module of ``edgecond.condense`` (a new method is one new module)."""
     import importlib
+    import pkgutil
 
-    for mod in _METHOD_MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
+    from .. import condense as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.ispkg and info.name not in _NOT_METHOD_MODULES and not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def list_methods() -> list[dict[str, str]]:
@@ -160,54 +166,13 @@ def method_config(cls: type[Method], values: dict | None) -> Any:
     return cls.Config(**values)
 
 
-def _call_preset(fn: Callable, dataset_name: str, ipc: int) -> dict:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        params = {}
-    if "ipc" in params:
-        return dict(fn(dataset_name, ipc=ipc))
-    return dict(fn(dataset_name))
+def condense_preset(method: str, preset: str = "quick", dataset: Any = "digits", **overrides) -> CondenseConfig:
+    """Resolve a method's preset for a dataset into a :class:`CondenseConfig` — the one resolver,
+    :func:`edgecond.condense.presets.resolve` (see there: ``method="mdc"``/``base=``, facts, MDC's
+    Δt from the resolved iteration count)."""
+    from .presets import resolve
 
-
-def condense_preset(method: str, preset: str = "quick", dataset_name: str = "digits", **overrides) -> CondenseConfig:
-    """Resolve a method's preset for a dataset into a :class:`CondenseConfig`.
-
-    ``overrides`` may name any :class:`CondenseConfig` field (``ipc``, ``iterations``, ``seed``...)
-    or any field of the method's ``Config`` (e.g. ``inner_steps`` for IDC); ``method_config=``
-    updates several method fields at once. ``ipc`` defaults to 10.
-    """
-    _ensure_methods()
-    cls = METHODS.get(method)
-    if preset not in cls.presets:
-        raise ConfigError(
-            f"unknown preset {preset!r} for method {cls.name!r}; expected one of {sorted(cls.presets)}."
-        )
-    ipc = int(overrides.get("ipc", 10))
-    values = _call_preset(cls.presets[preset], dataset_name, ipc)
-    mc = dict(values.pop("method_config", {}))
-    engine_fields = {f.name for f in dataclasses.fields(CondenseConfig)}
-    method_fields = {f.name for f in dataclasses.fields(cls.Config)} if dataclasses.is_dataclass(cls.Config) else set()
-    kwargs: dict[str, Any] = {"method": cls.name, "ipc": ipc, "preset": preset, "dataset": dataset_name}
-    for k, v in values.items():
-        (kwargs.__setitem__ if k in engine_fields else mc.__setitem__)(k, v)
-    for k, v in overrides.items():
-        if k == "method_config":
-            mc.update(v or {})
-        elif k == "method":
-            continue
-        elif k in engine_fields:
-            kwargs[k] = v
-        elif k in method_fields:
-            mc[k] = v
-        else:
-            raise ConfigError(
-                f"unknown setting {k!r} for method {cls.name!r}; expected a CondenseConfig field "
-                f"({', '.join(sorted(engine_fields))}) or a method field ({', '.join(sorted(method_fields))})."
-            )
-    cfg_mc = method_config(cls, mc)
-    kwargs["method_config"] = asdict(cfg_mc) if cfg_mc is not None else {}
-    return CondenseConfig(**kwargs)
+    return resolve(method, preset, dataset, **overrides)
 
 
 def _validate(config: CondenseConfig, dataset, cls: type[Method]) -> None:
@@ -367,6 +332,11 @@ def _jsonable(cfg: CondenseConfig) -> dict:
 
 def _make_buffer(images: torch.Tensor, dataset, config: CondenseConfig, extra: dict):
     from ..buffer import MultisizeBuffer
+    from ..data import provenance
+
+    extra = dict(extra)
+    if hasattr(dataset, "digest"):  # where the data came from: reopenable name, digest, facts
+        extra["data"] = provenance(dataset)
 
     return MultisizeBuffer.from_class_major(
         images.detach().cpu().float().numpy(),

@@ -34,31 +34,14 @@ from ..errors import ConfigError
 from ..formation import decode_torch
 from ..models import build_model
 from .base import Matcher, MatchOutput, SyntheticSet
+from ..facts import match_depth
 from .engine import register_method
+from .presets import PresetContext
 
 __all__ = ["IDCConfig", "IDC", "matched_weights", "train_on_real", "model_seed"]
 
 # The reference IDC code initialises its synthetic images from its normalising data loader, so
 # it optimises them in normalised space, as we do: its image learning rates carry over as they are.
-
-
-def _dataset_key(name: str) -> str:
-    n = name.strip().lower().replace("_", "-")
-    for key in ("cifar100", "cifar-100"):
-        if key in n:
-            return "cifar100"
-    for key in ("cifar10", "cifar-10"):
-        if key in n:
-            return "cifar10"
-    if "fashion" in n:
-        return "fashion-mnist"
-    if "svhn" in n:
-        return "svhn"
-    if "mnist" in n:
-        return "mnist"
-    if "digits" in n:
-        return "digits"
-    return n
 
 
 def model_seed(generator: torch.Generator) -> int:
@@ -123,14 +106,23 @@ class IDCConfig:
     batch_syn_max: int = 128
 
 
-def _paper(dataset_name: str, ipc: int = 10) -> dict:
-    key = _dataset_key(dataset_name)
-    ratio = ipc / 10.0  # the reference scales lr_img with the number of stored images
-    mc: dict[str, Any] = {"inner_steps": 100, "net_lr": 0.01, "net_samples": 500, "metric": "l1"}
-    lr = 1e-4
-    if key in ("cifar10", "svhn", "cifar100"):
-        mc.update(metric="mse", net_samples=2000 if key == "cifar10" else 500)
-        lr = 5e-3
+#: The paper's per-dataset settings (App. C.1 and the reference's defaults), by exact registry
+#: name (:data:`edgecond.facts.PAPER_DATASETS`); every other dataset gets ``_PAPER_DEFAULT``.
+PAPER_TABLE: dict[str, dict[str, Any]] = {
+    "cifar10": {"metric": "mse", "net_samples": 2000, "lr": 5e-3},
+    "cifar100": {"metric": "mse", "net_samples": 500, "lr": 5e-3},
+    "svhn": {"metric": "mse", "net_samples": 500, "lr": 5e-3},
+}
+_PAPER_DEFAULT: dict[str, Any] = {"metric": "l1", "net_samples": 500, "lr": 1e-4}
+
+
+def _paper(ctx: PresetContext) -> dict:
+    """The published settings (:data:`PAPER_TABLE`); lr_img scales with IPC as in the reference."""
+    row = PAPER_TABLE.get(ctx.paper or "", _PAPER_DEFAULT)
+    ratio = ctx.ipc / 10.0
+    mc: dict[str, Any] = {"inner_steps": 100, "net_lr": 0.01, "net_samples": row["net_samples"],
+                          "metric": row["metric"]}
+    lr = row["lr"]
     return {
         "iterations": 2000,
         "factor": 2,
@@ -139,42 +131,46 @@ def _paper(dataset_name: str, ipc: int = 10) -> dict:
         "batch_real": 64,
         "augment": "color_crop_cutout",
         "model": "convnet",
-        "model_kwargs": {"width": 128, "depth": _match_depth(key), "norm": "instance"},
+        "model_kwargs": {"width": 128, "depth": match_depth(ctx.facts), "norm": "instance"},
         "method_config": mc,
     }
 
 
-def _match_depth(key: str) -> int:
-    """Depth of the matching ConvNet: 3 (the paper's ConvNet-3), but 2 on 8×8 digits.
+def _quick(ctx: PresetContext) -> dict:
+    """CPU minutes, from the data's geometry (never its name; docs/condensation.md, *Quick presets*).
 
-    With depth 3 on 8×8 images the last block normalises a 2×2 map (4 values per channel, then
-    pooled to 1×1). The gradient-matching image gradients through that layer are noise: across
-    6 network initialisations their cosine similarity is 0.00 (depth 2: 0.79 with L1, 0.66 with
-    MSE), they are 14× larger and have 23×-the-mean outliers, so every outer iteration pushes
-    the images in a new random direction and they degrade below their real initialisation
-    (see docs/condensation.md, *IDC on digits*). Depth 2 keeps the last normalised map 4×4 —
-    the paper's ConvNet-3 normalises ≥ 7×7 maps on 28×28 / 32×32 data."""
-    return 2 if key == "digits" else 3
-
-
-def _quick(dataset_name: str, ipc: int = 10) -> dict:
-    key = _dataset_key(dataset_name)
-    if key == "digits":
+    Images of side <= 8 (digits-sized): 20 outer iterations of 10 inner steps, L1, width 128,
+    the validated lr 3e-4·IPC (lr ∝ IPC like the reference: per-image CE gradients shrink ~1/IPC).
+    Larger images: a width-32 matching ConvNet (the cost of a step grows with width²; width 128
+    costs ~9× more per step on 32×32), factor 2 from side 24 up (the paper's f on 28×28/32×32),
+    and a budget of outer iterations that keeps a 10-class IPC-10 run of <= 32×32 images within
+    about 3 CPU minutes."""
+    f = ctx.facts
+    depth = match_depth(f)
+    batch_real = max(1, min(64, f.train_per_class))
+    if f.side <= 8:
         return {
             "iterations": 20,
             "factor": 1,
-            "lr_img": 3e-4 * max(ipc, 1),  # ∝ IPC like the reference (per-image CE grads shrink ~1/IPC)
+            "lr_img": 3e-4 * max(ctx.ipc, 1),
             "momentum_img": 0.5,
-            "batch_real": 32,
+            "batch_real": min(32, batch_real),
             "augment": "color_crop_cutout",
             "model": "convnet",
-            "model_kwargs": {"width": 128, "depth": _match_depth(key), "norm": "instance"},
+            "model_kwargs": {"width": 128, "depth": depth, "norm": "instance"},
             "method_config": {"inner_steps": 10, "metric": "l1", "net_samples": 128, "net_batch": 64},
         }
-    out = _paper(dataset_name, ipc)
-    out["iterations"] = 20
-    out["method_config"].update(inner_steps=10, net_samples=256)
-    return out
+    return {
+        "iterations": 12,
+        "factor": 2 if f.side >= 24 else 1,
+        "lr_img": 3e-4 * max(ctx.ipc, 1),
+        "momentum_img": 0.5,
+        "batch_real": batch_real,
+        "augment": "color_crop_cutout",
+        "model": "convnet",
+        "model_kwargs": {"width": 32, "depth": depth, "norm": "instance"},
+        "method_config": {"inner_steps": 10, "metric": "l1", "net_samples": 256, "net_batch": 64},
+    }
 
 
 @register_method("idc")

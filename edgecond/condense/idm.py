@@ -11,7 +11,7 @@ IDM's three additions, each switchable (``dm`` = all three off):
   expanded to full size. This *is* multi-formation with ``factor = l`` (the reference code also
   evaluates the expanded pieces and initialises every stored image as an l×l mosaic of real
   images), so it is the engine's ``factor`` here: ``idm`` presets use ``factor = 2``, ``dm`` 1
-  (8×8 digits' quick preset: 1, see ``_idm_digits``).
+  (quick presets: 1 below side 24, see ``_idm_quick``).
 * **Model queue** (Alg. 1): ``queue_init`` (N) random models; every ``push_interval`` outer
   iterations a new one is pushed (the oldest popped beyond ``queue_max`` = N_max); every
   iteration one model is sampled for matching and ``train_models`` random models are trained
@@ -38,7 +38,9 @@ from ..errors import ConfigError
 from ..models import build_model
 from .base import Matcher, MatchOutput, SyntheticSet
 from .engine import register_method
-from .idc import _dataset_key, _match_depth, model_seed, train_on_real
+from ..facts import match_depth
+from .idc import model_seed, train_on_real
+from .presets import PresetContext
 
 __all__ = ["IDMConfig", "DMConfig", "IDM", "DM"]
 
@@ -72,16 +74,25 @@ class DMConfig(IDMConfig):
     ce_weight: float = 0.0
 
 
-def _idm_paper(dataset_name: str, ipc: int = 10) -> dict:
-    key = _dataset_key(dataset_name)
+#: The paper's per-(dataset, IPC) exceptions (App. / the reference's scripts), by exact registry
+#: name (:data:`edgecond.facts.PAPER_DATASETS`): real batch at IPC 1, CIFAR-100 at IPC 10.
+PAPER_TABLE: dict[tuple[str, int], dict[str, Any]] = {
+    ("cifar10", 1): {"batch_real": 5000},
+    ("cifar100", 1): {"batch_real": 5000},
+    ("cifar100", 10): {"train_steps": 50, "ce_weight": 0.1},
+}
+
+
+def _idm_paper(ctx: PresetContext) -> dict:
+    """IDM's published settings (partition l = 2, lr 0.2, DSA) and :data:`PAPER_TABLE`."""
+    ipc = ctx.ipc
     mc: dict[str, Any] = {"queue_max": 100, "train_steps": 10, "push_interval": 30,
                           "ce_weight": 0.5 if ipc <= 10 else 0.1}
-    batch_real = 256
     if ipc == 1:
         mc["push_interval"] = 5
-        batch_real = 5000 if key in ("cifar10", "cifar100") else 256
-    if key == "cifar100" and ipc == 10:
-        mc.update(train_steps=50, ce_weight=0.1)
+    row = dict(PAPER_TABLE.get((ctx.paper or "", ipc), {}))
+    batch_real = row.pop("batch_real", 256)
+    mc.update(row)
     return {
         "iterations": 20000,
         "factor": 2,
@@ -91,48 +102,55 @@ def _idm_paper(dataset_name: str, ipc: int = 10) -> dict:
         "augment": DSA_STRATEGY,
         "augment_single_op": True,
         "model": "convnet",
-        "model_kwargs": {"width": 128, "depth": _match_depth(key), "norm": "instance"},
+        "model_kwargs": {"width": 128, "depth": match_depth(ctx.facts), "norm": "instance"},
         "method_config": mc,
     }
 
 
-def _idm_quick(dataset_name: str, ipc: int = 10) -> dict:
-    out = _idm_paper(dataset_name, ipc)
-    out.update(iterations=300, batch_real=128)
+def _quick_geometry(ctx: PresetContext) -> dict:
+    """Engine settings every distribution-matching quick preset shares, from the data's facts:
+    ``lr_img`` = 0.1·IPC (at most 1.0: each image's share of a class-mean gradient is 1/IPC);
+    the real batch is at most 128 on 8×8 images and 64 above (a 32×32 DM iteration with 128
+    real images per class costs 1.2 CPU s at width 32), never more than the smallest class
+    holds; a width-32 matching net above 8×8 (width 128 on 8×8, where it is cheap)."""
+    f = ctx.facts
+    return {
+        "lr_img": _lr_img(ctx.ipc),
+        "batch_real": max(1, min(128 if f.side <= 8 else 64, f.train_per_class)),
+        "model_kwargs": {"width": 128 if f.side <= 8 else 32, "depth": match_depth(f), "norm": "instance"},
+    }
+
+
+def _idm_quick(ctx: PresetContext) -> dict:
+    """CPU minutes from the data's geometry (docs/condensation.md, *Quick presets*).
+
+    150 iterations (a 32×32 IDM iteration costs about twice a DM one: the queue's models
+    train). Partition l = 2 only from side 24 up (on 8×8 images 4×4 pieces lose: 78 % vs 87 % at IPC 1
+    on digits validation). Side <= 8 keeps the settings validated on 8×8 digits (the *Fourth
+    search*): 200 iterations, a small queue (10 models, one trained per iteration), a push every
+    5 iterations and the class-aware regulariser at IPC 1 only (above it lowered accuracy,
+    96.5 → 95.6 %), as the paper lowers λ_reg for larger IPC."""
+    f = ctx.facts
+    out = _idm_paper(ctx)
+    out.update(iterations=150, factor=2 if f.side >= 24 else 1)
+    out.update(_quick_geometry(ctx))
     out["method_config"].update(queue_max=20, push_interval=10, train_steps=5, train_batch=128)
-    if _dataset_key(dataset_name) == "digits":
-        engine, method = _idm_digits(ipc)
-        out.update(engine)
-        out["method_config"].update(method)
+    if f.side <= 8:
+        one = int(ctx.ipc) <= 1
+        out.update(iterations=200, batch_real=min(64, out["batch_real"]))
+        out["method_config"].update(queue_max=10, train_models=1, push_interval=5 if one else 10,
+                                    ce_weight=0.5 if one else 0.0)
     return out
 
 
-def _idm_digits(ipc: int) -> tuple[dict, dict]:
-    """Digits' quick settings, chosen on a validation split of digits' TRAIN (docs/condensation.md,
-    *Fourth search*): 8×8 images are too small for l = 2 (4×4 pieces: 78 % vs 87 % at IPC 1); the
-    matching ConvNet has depth 2 (``_match_depth``: with depth 3 the last block normalises 2×2
-    maps; IPC 10: DM 96.2 % vs 93.9 %, IDM 96.5 % vs the old depth-3 preset's 91.8 %);
-    ``lr_img`` grows with IPC like IDC's (each image's share of the class-mean gradient is
-    1/IPC): 0.1·IPC, at most 1.0 (IPC 1: 0.1 ≈ 0.2 ≫ 0.4 ≫ 1.0, 85.8 / 85.7 / 76.8 / 68.8 %;
-    IPC 10: 1.0 > 2.0 > 0.2, and 200 iterations beat 400). At IPC 1 a model is pushed every 5
-    iterations, the paper's IPC-1 interval (87.4 vs 86.5 %, two condensation seeds). The
-    class-aware regulariser is kept at IPC 1 (its weight helps there, 83.9 → 85.7 %) and switched
-    off above (at IPC 10 every weight tried lowered accuracy, 96.5 → 95.6 %), as the paper lowers
-    λ_reg for larger IPC."""
-    one = int(ipc) <= 1
-    engine = {"factor": 1, "iterations": 200, "batch_real": 64, "lr_img": _digits_lr_img(ipc)}
-    method = {"queue_max": 10, "train_models": 1, "push_interval": 5 if one else 10,
-              "ce_weight": 0.5 if one else 0.0}
-    return engine, method
-
-
-def _digits_lr_img(ipc: int) -> float:
-    """IDM/DM image lr on digits: 0.1 per stored image, at most 1.0 (a class-mean loss gives each
-    image 1/IPC of the gradient, so the step grows with IPC)."""
+def _lr_img(ipc: int) -> float:
+    """IDM/DM quick image lr: 0.1 per stored image, at most 1.0 (a class-mean loss gives each
+    image 1/IPC of the gradient, so the step grows with IPC; digits validation, IPC 1: 0.1 ≈ 0.2
+    ≫ 0.4 ≫ 1.0, 85.8 / 85.7 / 76.8 / 68.8 %; IPC 10: 1.0 > 2.0 > 0.2)."""
     return min(0.1 * max(int(ipc), 1), 1.0)
 
 
-def _dm_paper(dataset_name: str, ipc: int = 10) -> dict:
+def _dm_paper(ctx: PresetContext) -> dict:
     return {
         "iterations": 20000,
         "factor": 1,
@@ -142,18 +160,17 @@ def _dm_paper(dataset_name: str, ipc: int = 10) -> dict:
         "augment": DSA_STRATEGY,
         "augment_single_op": True,
         "model": "convnet",
-        "model_kwargs": {"width": 128, "depth": _match_depth(_dataset_key(dataset_name)), "norm": "instance"},
+        "model_kwargs": {"width": 128, "depth": match_depth(ctx.facts), "norm": "instance"},
         "method_config": {"queue": False, "ce_weight": 0.0},
     }
 
 
-def _dm_quick(dataset_name: str, ipc: int = 10) -> dict:
-    out = _dm_paper(dataset_name, ipc)
-    out.update(iterations=300, batch_real=128)
-    if _dataset_key(dataset_name) == "digits":
-        # the image step ∝ IPC as for IDM (validation, IPC 1, two condensation seeds: lr 0.1
-        # 86.6 %, 0.3 86.4 %, the paper's 1.0 84.6 %; IPC 10 keeps 1.0: 96.2 %)
-        out["lr_img"] = _digits_lr_img(ipc)
+def _dm_quick(ctx: PresetContext) -> dict:
+    """300 iterations on 8×8 images, 200 above (CPU minutes), with the shared quick geometry (lr_img 0.1·IPC: on digits validation,
+    IPC 1, two condensation seeds: lr 0.1 86.6 %, 0.3 86.4 %, the paper's 1.0 84.6 %)."""
+    out = _dm_paper(ctx)
+    out.update(iterations=300 if ctx.facts.side <= 8 else 200)
+    out.update(_quick_geometry(ctx))
     return out
 
 

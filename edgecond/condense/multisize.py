@@ -51,7 +51,6 @@ __all__ = [
     "rate_of_change",
     "select_mls",
     "freeze_after",
-    "mdc_preset",
     "build_hooks",
     "HOOKS",
     "FEATURE_METRICS",
@@ -112,34 +111,6 @@ class MDCConfig:
                 "(the MLS is a proper prefix). Use the default 1."
             )
         FEATURE_METRICS.get(self.metric)
-
-
-def mdc_preset(preset: str, dataset_name: str = "", iterations: int | None = None, *,
-               base: str | None = None) -> dict[str, Any]:
-    """MDC overrides for a preset: ``paper`` (Sec. 4.1) or ``quick`` (CPU minutes).
-
-    ``paper``: Δt = 100 (50 for ImageNet). ``quick`` runs have tens of outer iterations, not
-    thousands, so Δt is scaled to give about six MLS selections per run
-    (``round(iterations / 6)``, 10 when ``iterations`` is unknown). Not tuned on test data.
-
-    ``base`` (the matcher's name): on digits, ``quick`` with a distribution-matching base
-    (``idm``, ``dm``) sets λ (``subset_weight``) to 0.1. Their loss is a squared distance of
-    class means, so a size-n prefix's loss gives each of its images N/n times the gradient the
-    full set's loss does: with λ = 1 rank 0 moves as if the lr were 10× larger (on a digits
-    validation split, IDM IPC 10: λ 1 / 0.3 / 0.1 give 71.8 / 85.8 / 85.8 % at size 1 and
-    97.1 / 95.3 / 96.0 % at size 10; Baseline C 65.8 / 96.5; docs/multisize.md).
-    """
-    name = preset.strip().lower()
-    dataset = dataset_name.strip().lower()
-    if name == "paper":
-        return {"delta_t": 50 if "imagenet" in dataset else 100}
-    if name == "quick":
-        dt = 10 if iterations is None else max(1, int(round(int(iterations) / 6)))
-        out: dict[str, Any] = {"delta_t": dt}
-        if "digits" in dataset and str(base or "").strip().lower() in ("idm", "dm"):
-            out["subset_weight"] = 0.1
-        return out
-    raise ConfigError(f"unknown MDC preset {preset!r}; expected 'quick' or 'paper'.")
 
 
 # --------------------------------------------------------------------------------------------

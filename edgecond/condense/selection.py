@@ -29,7 +29,7 @@ class RandomConfig:
     """``random`` has no settings."""
 
 
-def _random_preset(dataset_name: str, ipc: int = 10) -> dict:
+def _random_preset(ctx) -> dict:
     return {"iterations": 0, "factor": 1}
 
 
@@ -62,11 +62,11 @@ class HerdingConfig:
     augment: str = "color_crop"  #: per-sample augmentation while training the feature network
 
 
-def _herding_quick(dataset_name: str, ipc: int = 10) -> dict:
+def _herding_quick(ctx) -> dict:
     return {"iterations": 0, "factor": 1, "method_config": {"train_steps": 150}}
 
 
-def _herding_paper(dataset_name: str, ipc: int = 10) -> dict:
+def _herding_paper(ctx) -> dict:
     return {"iterations": 0, "factor": 1, "method_config": {"train_steps": 2000}}
 
 
