@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="CondenseConfig/method overrides for every condensation, e.g. iterations=30")
     p.add_argument("--mdc", type=_kv, default={}, metavar="K=V,...", help="MDCConfig overrides, e.g. delta_t=5")
     p.add_argument("--eval", type=_kv, default={}, metavar="K=V,...", help="EvalConfig overrides, e.g. epochs=200")
+    p.add_argument("--sizes", default=None, help="evaluate only these sizes, e.g. 1,2,5,10 (default: all 1..N)")
     p.add_argument("--a-sizes", default=None, help="only these sizes of Baseline A, e.g. 1,2,3 (split A across processes)")
     p.add_argument("--b-mode", default="joint", choices=("joint", "independent"),
                    help="Baseline B's N size-1 condensations: joint = all with --seed as one run sharing "
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
             condense_overrides=args.condense, mdc=args.mdc, eval_overrides=args.eval, device=args.device,
             a_sizes=[int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None, b_mode=args.b_mode,
+            eval_sizes=[int(v) for v in args.sizes.split(",")] if args.sizes else None,
         )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

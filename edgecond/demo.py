@@ -22,8 +22,10 @@ from pathlib import Path
 
 
 def run_demo(out: str | Path = "out/demo", *, seeds: int = 3, fast: bool = False, ipc: int = 10,
-             base: str = "idc", device: str = "cpu", progress: bool = True) -> dict:
-    """Condense digits with MDC, evaluate every size, write buffer + JSON + PNG; return the report."""
+             base: str = "idc", device: str = "cpu", progress: bool = True, dataset: str = "digits",
+             condense_overrides: dict | None = None, eval_overrides: dict | None = None) -> dict:
+    """Condense ``dataset`` (digits) with MDC, evaluate every size, write buffer + JSON + PNG;
+    return the report. ``condense_overrides``/``eval_overrides`` go to the presets (tests)."""
     from .condense import condense, condense_preset
     from .condense.baselines import SubsetDegradationResult
     from .data import load_dataset
@@ -31,14 +33,16 @@ def run_demo(out: str | Path = "out/demo", *, seeds: int = 3, fast: bool = False
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset("digits")
+    dataset_name = dataset
+    dataset = load_dataset(dataset_name)
     # the one resolver: MDC over `base` with the quick preset for this data's geometry
-    config = condense_preset("mdc", "quick", dataset, base=base, ipc=ipc)
-    eval_overrides: dict = {}
+    overrides = dict(condense_overrides or {})
+    eval_overrides = dict(eval_overrides or {})
+    config = condense_preset("mdc", "quick", dataset, base=base, ipc=ipc, **overrides)
     if fast:
-        config = condense_preset("mdc", "quick", dataset, base=base, ipc=ipc,
-                                 iterations=max(1, config.iterations // 2))
-        eval_overrides["epochs"] = eval_preset("quick").epochs // 2
+        overrides["iterations"] = max(1, config.iterations // 2)
+        config = condense_preset("mdc", "quick", dataset, base=base, ipc=ipc, **overrides)
+        eval_overrides.setdefault("epochs", eval_preset("quick").epochs // 2)
     t0 = time.perf_counter()
     result = condense(dataset, config, device=device, progress=progress, log_path=out / "condense-log.jsonl")
     condense_s = time.perf_counter() - t0
@@ -52,11 +56,12 @@ def run_demo(out: str | Path = "out/demo", *, seeds: int = 3, fast: bool = False
         buffer = buffer.with_accuracy({s.size: s.mean for s in sizes})
     except Exception as exc:  # noqa: BLE001 - the table is still worth saving without it
         logging.getLogger(__name__).warning("could not write accuracies into the buffer metadata: %s", exc)
-    buffer_path = out / f"digits-mdc-{base}-ipc{ipc}.safetensors"
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset_name)[-32:].strip("_")
+    buffer_path = out / f"{stem}-mdc-{base}-ipc{ipc}.safetensors"
     buffer.save(buffer_path)
     mdc_meta = buffer.meta.extra.get("mdc", {}) if hasattr(buffer.meta, "extra") else {}
     report = SubsetDegradationResult(
-        config={"dataset": "digits", "base": base, "ipc": ipc, "preset": "quick", "seeds": list(range(seeds)),
+        config={"dataset": dataset.name, "base": base, "ipc": ipc, "preset": "quick", "seeds": list(range(seeds)),
                 "condense": json.loads(json.dumps(dataclasses.asdict(config), default=str)), "eval": ecfg.to_dict()},
         methods={"MDC": {
             "sizes": [s.size for s in sizes], "mean": [s.mean for s in sizes], "std": [s.std for s in sizes],

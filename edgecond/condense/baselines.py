@@ -97,6 +97,7 @@ class SubsetDegradationConfig:
     mdc: dict = field(default_factory=dict)
     device: str = "cpu"
     a_sizes: Sequence[int] | None = None  #: run only these sizes of Baseline A (split A across processes)
+    eval_sizes: Sequence[int] | None = None  #: evaluate only these sizes (default: every size 1..N)
     b_mode: str = "joint"
 
     def validate(self) -> "SubsetDegradationConfig":
@@ -469,6 +470,8 @@ def run_subset_degradation(
         t0 = time.perf_counter()
         sizes, means, stds, accs, nbytes = [], [], [], [], []
         for n in sorted(ms.sets):
+            if cfg.eval_sizes and n not in {int(v) for v in cfg.eval_sizes}:
+                continue
             x, y, b = ms.sets[n]
             key = _digest(x, y)
             if key not in cache:
