@@ -287,6 +287,10 @@ def test_presets_follow_facts_not_names():
     for m in ("idc", "idm", "dm"):
         c = condense_preset(m, "quick", sixteen, ipc=10)
         assert c.model_kwargs["depth"] == 3 and c.model_kwargs["width"] == 32 and c.factor == 1, m
+    # MDC's default base: idc on 8x8 and for paper runs, dm above (the validated quick bases)
+    assert condense_preset("mdc", "quick", eight).method == "idc"
+    assert condense_preset("mdc", "quick", sixteen).method == "dm"
+    assert condense_preset("mdc", "paper", sixteen).method == "idc"
     few = DataFacts(image_shape=(3, 32, 32), num_classes=10, train_per_class=20, train_size=200)
     assert condense_preset("dm", "quick", few).batch_real == 20  # never more than a class holds
     assert condense_preset("idm", "quick", few).factor == 2

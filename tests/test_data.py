@@ -119,7 +119,13 @@ def test_npz_nhwc_uint8(tmp_path):
     d = D.load_dataset(f"npz:{p}")
     assert d.image_shape == (3, 5, 4) and d.class_names == ["a", "b", "c"]
     assert torch.allclose(d.x_train, torch.from_numpy(x.transpose(0, 3, 1, 2) / 255.0).float())
-    assert d.source == str(p.resolve()) and d.name == "npz:set"
+    # the name reopens the data (resolved path); flips default to no for the user's own data
+    assert d.source == str(p.resolve()) and d.name == f"npz:{p.resolve()}"
+    assert D.load_dataset(d.name).digest() == d.digest() and d.flips is False
+    assert D.load_dataset(f"npz:{p}", flips=True).flips is True
+    assert D.load_dataset("digits").flips is False
+    with pytest.raises(DatasetError, match="flips"):
+        D.load_dataset("digits", flips=True)
 
 
 def test_npz_nchw_float_and_grey(tmp_path):

@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=None, help="buffer storage: uint8 (default) | float16 | float32")
     p.add_argument("--hooks", default=None, help="none | mdc (multisize wrapper; same as --method mdc --base METHOD)")
     p.add_argument("--base", default=None,
-                   help="base matcher of --method mdc: idc (default) | idm | dm")
+                   help="base matcher of --method mdc: idc | idm | dm (default: idc on images up to 8x8 and for --preset paper, dm above)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config or method field, e.g. --set inner_steps=20 (repeatable; JSON values)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")

@@ -323,6 +323,7 @@ def holdout_split(dataset, *, per_class: int = 30, seed: int = 0):
         mean=tuple(dataset.mean),
         std=tuple(dataset.std),
         source=f"{dataset.source} (validation: {per_class}/class held out of train, seed {seed})",
+        flips=bool(getattr(dataset, "flips", False)),
     )
 
 

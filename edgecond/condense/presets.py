@@ -27,12 +27,21 @@ from typing import Any
 from ..errors import ConfigError
 from ..facts import DataFacts, paper_key
 
-__all__ = ["PresetContext", "resolve", "dataset_facts", "mdc_settings", "MULTISIZE_ALIASES"]
+__all__ = ["PresetContext", "resolve", "dataset_facts", "mdc_settings", "default_mdc_base", "MULTISIZE_ALIASES"]
 
 #: method names that mean "the multisize wrapper over a base matcher"
 MULTISIZE_ALIASES = ("mdc",)
-#: the base matcher of ``method="mdc"`` when none is given
-DEFAULT_MDC_BASE = "idc"
+
+
+def default_mdc_base(facts: DataFacts, preset: str) -> str:
+    """The base matcher of ``method="mdc"`` when none is given: IDC (the paper's base) for
+    ``paper`` runs and for images of side <= 8, where the quick IDC settings were validated
+    (digits); DM above, the base whose ``quick`` settings were validated on 16×16, 28×28 and
+    32×32 data within the CPU-minutes budget (docs/condensation.md, *Quick presets on other
+    data*: a quick IDC run there gets 12 outer iterations, too few to move its images)."""
+    if str(preset).strip().lower() == "paper" or facts.side <= 8:
+        return "idc"
+    return "dm"
 
 
 @dataclass(frozen=True)
@@ -101,20 +110,22 @@ def resolve(method: str, preset: str = "quick", dataset: Any = "digits", *, base
 
     ``overrides`` may name any ``CondenseConfig`` field (``ipc``, ``iterations``, ``seed``,
     ``hooks``, ``hooks_config`` ...) or any field of the method's ``Config``; ``method_config=``
-    updates several method fields at once. ``method="mdc"`` (with ``base``, default ``idc``) is
-    the same request as ``method=base, hooks="mdc"``. ``ipc`` defaults to 10.
+    updates several method fields at once. ``method="mdc"`` (with ``base``, default
+    :func:`default_mdc_base`) is the same request as ``method=base, hooks="mdc"``. ``ipc``
+    defaults to 10.
     """
     from .engine import METHODS, CondenseConfig, _ensure_methods, method_config
 
     _ensure_methods()
     overrides = dict(overrides)
     overrides.pop("method", None)
+    facts, dataset_name = dataset_facts(dataset)
     name = str(method).strip().lower()
     if name in MULTISIZE_ALIASES:
         if str(overrides.get("hooks", "mdc") or "mdc").strip().lower() != "mdc":
             raise ConfigError(f"method 'mdc' with hooks={overrides['hooks']!r}; 'mdc' is the multisize hooks. "
                               "Drop hooks, or name the base matcher as the method.")
-        method = base or DEFAULT_MDC_BASE
+        method = base or default_mdc_base(facts, preset)
         overrides["hooks"] = "mdc"
         if str(method).strip().lower() in MULTISIZE_ALIASES:
             raise ConfigError("base='mdc': expected a matcher (idc, idm, dm) as the base of MDC.")
@@ -125,7 +136,6 @@ def resolve(method: str, preset: str = "quick", dataset: Any = "digits", *, base
         raise ConfigError(
             f"unknown preset {preset!r} for method {cls.name!r}; expected one of {sorted(cls.presets)}."
         )
-    facts, dataset_name = dataset_facts(dataset)
     ipc = overrides.get("ipc", 10)
     if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
         raise ConfigError(f"ipc={ipc!r}; expected an integer >= 1 (stored images per class).")
