@@ -342,9 +342,11 @@ class DatasetInfo:
     description: str
     source: str
     available: bool
+    flips: bool | None = None  #: horizontal flips keep labels (None: the user says, default no)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "source": self.source, "available": self.available}
+        return {"name": self.name, "description": self.description, "source": self.source,
+                "available": self.available, "flips": self.flips}
 
 
 @dataclass
@@ -496,7 +498,7 @@ def list_datasets(*, root: str | os.PathLike | None = None) -> list[DatasetInfo]
     for key, spec in DATASETS.items():
         source, available = spec.locate(root_path)
         out.append(DatasetInfo(name=key + (":PATH" if spec.takes_path else ""), description=spec.description,
-                               source=source, available=available))
+                               source=source, available=available, flips=spec.flips))
     return out
 
 

@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     e.add_argument("--root", default=None, help="root of torchvision datasets")
     e.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
+    from .condense import _add_flips
+
+    _add_flips(e)
     e.add_argument("--json", default=None, metavar="PATH", help="write the result (mean, std, per seed, config) "
                                                               "as JSON")
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -74,7 +77,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for i in infos:
         mark = "yes" if i.available else "no "
         print(f"{i.name:<{width}}  available: {mark}  {i.description}")
-        print(f"{'':<{width}}  reads from: {i.source}")
+        flips = "--flips to allow (default no)" if i.flips is None else ("yes" if i.flips else "no")
+        print(f"{'':<{width}}  reads from: {i.source}; horizontal flips keep labels: {flips}")
     if args.json:
         _write_json(args.json, [i.to_dict() for i in infos])
     return 0
@@ -108,7 +112,7 @@ def cmd_evaluate_real(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "model": args.model,
                  "augment": args.augment, "cutmix_prob": args.cutmix_prob}
-    dataset = load_dataset(args.dataset, root=args.root, download=args.download)
+    dataset = load_dataset(args.dataset, root=args.root, download=args.download, flips=args.flips)
     config = eval_preset(args.preset, dataset, **{k: v for k, v in overrides.items() if v is not None})
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     log.info("dataset %r; config %s; device %s; %d threads", dataset, config.to_dict(), device, threads)
