@@ -299,15 +299,16 @@ class IDM(Matcher):
         use_ce = self.mc.ce_weight > 0
         fr = real_embeddings(model, xr, self.aug, draw)
         del xr
-        acc = 0.0
+        acc = weight = None  # device tensors: no host synchronisation per step
         if use_ce:
             with torch.no_grad():
                 yr = torch.repeat_interleave(torch.as_tensor(list(classes), device=fr.device),
                                              torch.as_tensor(counts, device=fr.device))
-                acc = float((model.classifier(fr).argmax(1) == yr).float().mean())
+                acc = (model.classifier(fr).argmax(1) == yr).float().mean()
+            weight = (self.mc.ce_weight * self.mc.acc_scale) * acc
         fs = model.embed(xs)
         logits = model.classifier(fs) if use_ce else None
-        weight = self.mc.ce_weight * self.mc.acc_scale * acc
+        f2 = syn.factor ** 2  # decoded rows of stored rank r: [r*f2, (r+1)*f2) (SyntheticSet.decoded)
         outs = []
         r0 = s0 = 0
         for c, nr, o in zip(classes, counts, owners):
@@ -319,19 +320,20 @@ class IDM(Matcher):
             real_mean = fr_c.mean(0)
             losses: dict[int | None, torch.Tensor] = {}
             cache: dict[int, torch.Tensor] = {}
-            stats: dict[str, float] = {}
+            stats: dict[str, torch.Tensor] = {}  # 0-dim tensors; the engine reads them with float()
 
-            def masked_loss(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-                """Mean-embedding distance of the rows in ``mask`` (+ the weighted CE regulariser)."""
-                loss = ((real_mean - fs_c[mask].mean(0)) ** 2).sum()
-                if not (use_ce and weight > 0):
+            def masked_loss(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                """Mean-embedding distance of stored ranks ``lo..hi-1`` (+ the weighted CE regulariser).
+                A zero weight (accuracy 0) adds exactly 0 to the loss and its gradient."""
+                loss = ((real_mean - fs_c[lo * f2:hi * f2].mean(0)) ** 2).sum()
+                if not use_ce:
                     return loss, None
-                y = torch.full((int(mask.sum()),), int(c), dtype=torch.long, device=fs.device)
-                ce = F.cross_entropy(lg_c[mask], y)
+                y = torch.full(((hi - lo) * f2,), int(c), dtype=torch.long, device=fs.device)
+                ce = F.cross_entropy(lg_c[lo * f2:hi * f2], y)
                 return loss + weight * ce, ce
 
             if self.config.independent_ranks:  # each rank matched alone: Baseline B in one run
-                total = sum(masked_loss(o == r)[0] for r in range(syn.ipc))
+                total = sum(masked_loss(r, r + 1)[0] for r in range(syn.ipc))
                 outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs_c.detach(),
                                         syn_owner=o, real_features=fr_c, stats=stats))
                 continue
@@ -340,9 +342,9 @@ class IDM(Matcher):
                 if not 1 <= n <= syn.ipc:
                     raise ConfigError(f"prefix {p!r} requested from {self.name}; expected None or 1..{syn.ipc}.")
                 if n not in cache:
-                    cache[n], ce = masked_loss(o < n)
+                    cache[n], ce = masked_loss(0, n)
                     if ce is not None and n == syn.ipc:
-                        stats["ce"] = float(ce.detach())
+                        stats["ce"] = ce.detach()
                 losses[p] = cache[n]
             if use_ce:
                 stats["acc"] = acc
