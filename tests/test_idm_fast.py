@@ -115,3 +115,20 @@ def test_idm_queue_models_train_and_stay_frozen_for_matching():
     assert any(not torch.equal(a, b) for a, b in zip(before, after))  # training still updates them
     for m in matcher.queue.models:
         assert not any(p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.parametrize("shape,depth", [((3, 32, 32), 3), ((1, 8, 8), 2), ((3, 16, 16), 2)])
+def test_nograd_embed_equals_model_embed(shape, depth):
+    from edgecond.models import build_model
+
+    model = build_model("convnet", shape, 4, seed=1, width=16, depth=depth, norm="instance")
+    with torch.no_grad():  # non-trivial affine parameters
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = torch.randn(37, *shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model.embed(x)
+    got = idm_mod.real_embeddings(model, x)
+    assert got.shape == want.shape and not got.requires_grad
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(got, torch.zeros_like(got))
