@@ -132,3 +132,10 @@ def test_nograd_embed_equals_model_embed(shape, depth):
     assert got.shape == want.shape and not got.requires_grad
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert not torch.equal(got, torch.zeros_like(got))
+
+
+def test_real_data_is_normalised_in_place_with_the_same_numbers():
+    ds = _dataset()
+    real = RealData(ds, torch.device("cpu"))
+    assert torch.equal(real.x, ds.normalize(ds.x_train.float()))
+    assert real.x.data_ptr() != ds.x_train.data_ptr()  # a copy: the dataset is untouched
