@@ -20,9 +20,13 @@ IDM's three additions, each switchable (``dm`` = all three off):
   ``Acc_φ`` the sampled model's accuracy on the real batch of this step (the reference code
   measures it in percent: ``acc_scale = 100`` reproduces its effective weight).
 
-One image update per outer iteration handles all classes with ONE forward pass of the real
-batches and the decoded synthetic images of every class (the class losses touch disjoint
-images, so one summed step equals the reference's per-class steps for SGD).
+One image update per outer iteration handles all classes with one siamese augmentation draw
+and per-class losses (the class losses touch disjoint images, so one summed step equals the
+reference's per-class steps for SGD). The real branch needs no gradient: it runs without
+autograd in chunks of :data:`REAL_CHUNK_BYTES` of activations, channels-last (see
+:func:`real_embeddings`), so no per-iteration allocation of the whole real batch's activations
+takes place; the matching networks' parameters never require grad while they match (only the
+synthetic pixels get gradients), and IDM switches them on only to train a queued model.
 """
 from __future__ import annotations
 
@@ -35,16 +39,93 @@ from torch import nn
 
 from ..augment import DiffAugment
 from ..errors import ConfigError
-from ..models import build_model
+from ..models import ConvNet, build_model
 from .base import Matcher, MatchOutput, SyntheticSet
 from .engine import register_method
 from ..facts import match_depth
 from .idc import model_seed, train_on_real
 from .presets import PresetContext
 
-__all__ = ["IDMConfig", "DMConfig", "IDM", "DM"]
+__all__ = ["IDMConfig", "DMConfig", "IDM", "DM", "real_embeddings", "REAL_CHUNK_BYTES"]
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+#: activation bytes per chunk of the real (no-grad) branch on a CPU. Below glibc's largest
+#: dynamic mmap threshold (32 MiB), so freed activations are reused from the heap instead of
+#: being unmapped and page-faulted back every iteration (one 2,560-image pass allocated 3.5 GB).
+REAL_CHUNK_BYTES = 16 << 20
+#: the same budget on an accelerator (its caching allocator reuses memory anyway)
+REAL_CHUNK_BYTES_DEVICE = 1 << 30
+
+
+def _chunk_rows(model: nn.Module, x: torch.Tensor) -> int:
+    """Images per chunk: the first feature map (``width`` channels at the input's H×W, the largest
+    activation of a ConvNet) of one chunk fits the byte budget of ``x``'s device."""
+    budget = REAL_CHUNK_BYTES if x.device.type == "cpu" else REAL_CHUNK_BYTES_DEVICE
+    per_image = int(getattr(model, "width", 128)) * int(x[0].numel() // max(x.shape[1], 1)) * x.element_size()
+    return max(1, budget // max(per_image, 1))
+
+
+#: instance norms of maps with fewer pixels than this use :func:`_instance_norm_nograd` on a CPU
+#: (oneDNN's channels-last group norm is fast at 32×32 but ~10× slower than NCHW at 16×16; measured
+#: on a 2,560-image ConvNet-3 pass: 3.4 s vs 4.3 s all-native channels-last, 4.2-6.3 s NCHW)
+NATIVE_NORM_MIN_PIXELS = 1024
+
+
+def _instance_norm_nograd(gn: nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
+    """GroupNorm with one channel per group (instance norm) of a channels-last map, without
+    autograd: per-(image, channel) mean and E[x²] over the ``[B, H*W, C]`` view, one fused affine."""
+    b, c, hh, ww = h.shape
+    v = h.permute(0, 2, 3, 1).reshape(b, hh * ww, c)  # a view of a channels-last map
+    mean = v.mean(1)
+    var = (v * v).mean(1).sub_(mean * mean).clamp_min_(0.0)
+    scale = torch.rsqrt(var.add_(gn.eps))
+    if gn.weight is not None:
+        scale = scale * gn.weight
+    shift = -mean * scale
+    if gn.bias is not None:
+        shift = shift + gn.bias
+    return h.mul(scale[:, :, None, None]).add_(shift[:, :, None, None])
+
+
+def _embed_nograd(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model.embed(x)`` for the no-grad branch: a ConvNet on a CPU walks its layers with the
+    faster instance norm on small maps; anything else is ``model.embed``."""
+    if not isinstance(model, ConvNet) or x.device.type != "cpu" or x.dim() != 4:
+        return model.embed(x)
+    h = x
+    for mod in model.features:
+        if (isinstance(mod, nn.GroupNorm) and mod.num_groups == mod.num_channels and h.dim() == 4
+                and h.shape[-1] * h.shape[-2] < NATIVE_NORM_MIN_PIXELS):
+            h = _instance_norm_nograd(mod, h)
+        else:
+            h = mod(h)
+    return h.flatten(1)
+
+
+def real_embeddings(model: nn.Module, x: torch.Tensor, aug: DiffAugment | None = None, draw=None) -> torch.Tensor:
+    """``model.embed(aug(x, draw))`` without autograd, in chunks, channels-last for image batches.
+
+    The same numbers as one pass (the augmentation draw is shared by the whole call, every op is
+    per image, and the networks' layers are per image), up to float rounding of the convolution
+    kernels; a fraction of the memory and time on a CPU (channels-last convolutions, pooling
+    and the first 3-channel convolution are several times faster in oneDNN than NCHW)."""
+    rows = _chunk_rows(model, x)
+    outs = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], rows):
+            xc = x[i:i + rows]
+            if aug is not None and draw is not None:
+                xc = aug(xc, draw=draw)
+            if xc.dim() == 4:
+                xc = xc.contiguous(memory_format=torch.channels_last)
+            outs.append(_embed_nograd(model, xc))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _set_trainable(model: nn.Module, flag: bool) -> None:
+    for p in model.parameters():
+        p.requires_grad_(flag)
 
 
 @dataclass
@@ -188,6 +269,7 @@ class _ModelQueue:
                             **dict(o.config.model_kwargs)).to(o.device)
         opt = torch.optim.SGD(model.parameters(), lr=o.mc.net_lr, momentum=o.mc.net_momentum,
                               weight_decay=o.mc.net_weight_decay)
+        _set_trainable(model, False)  # matching differentiates the images only; training switches it on
         return model, opt
 
     def push(self, seed: int) -> None:
@@ -265,18 +347,22 @@ class IDM(Matcher):
             parts.append(x)
             owners.append(o)
         xs = torch.cat(parts)
-        xr, xs = self.aug.siamese(xr, xs, generator=self.gen)
+        # one siamese draw for the real and synthetic images (what DiffAugment.siamese does)
+        draw = self.aug.sample_draw(1, generator=self.gen, device=xr.device)
+        xs = self.aug(xs, draw=draw.to(xs.device))
         use_ce = self.mc.ce_weight > 0
-        with torch.no_grad():
-            fr = model.embed(xr)
-            acc = 0.0
-            if use_ce:
-                yr = torch.repeat_interleave(torch.as_tensor(list(classes), device=xr.device),
-                                             torch.as_tensor(counts, device=xr.device))
-                acc = float((model.classifier(fr).argmax(1) == yr).float().mean())
+        fr = real_embeddings(model, xr, self.aug, draw)
+        del xr
+        acc = weight = None  # device tensors: no host synchronisation per step
+        if use_ce:
+            with torch.no_grad():
+                yr = torch.repeat_interleave(torch.as_tensor(list(classes), device=fr.device),
+                                             torch.as_tensor(counts, device=fr.device))
+                acc = (model.classifier(fr).argmax(1) == yr).float().mean()
+            weight = (self.mc.ce_weight * self.mc.acc_scale) * acc
         fs = model.embed(xs)
         logits = model.classifier(fs) if use_ce else None
-        weight = self.mc.ce_weight * self.mc.acc_scale * acc
+        f2 = syn.factor ** 2  # decoded rows of stored rank r: [r*f2, (r+1)*f2) (SyntheticSet.decoded)
         outs = []
         r0 = s0 = 0
         for c, nr, o in zip(classes, counts, owners):
@@ -288,19 +374,20 @@ class IDM(Matcher):
             real_mean = fr_c.mean(0)
             losses: dict[int | None, torch.Tensor] = {}
             cache: dict[int, torch.Tensor] = {}
-            stats: dict[str, float] = {}
+            stats: dict[str, torch.Tensor] = {}  # 0-dim tensors; the engine reads them with float()
 
-            def masked_loss(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-                """Mean-embedding distance of the rows in ``mask`` (+ the weighted CE regulariser)."""
-                loss = ((real_mean - fs_c[mask].mean(0)) ** 2).sum()
-                if not (use_ce and weight > 0):
+            def masked_loss(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                """Mean-embedding distance of stored ranks ``lo..hi-1`` (+ the weighted CE regulariser).
+                A zero weight (accuracy 0) adds exactly 0 to the loss and its gradient."""
+                loss = ((real_mean - fs_c[lo * f2:hi * f2].mean(0)) ** 2).sum()
+                if not use_ce:
                     return loss, None
-                y = torch.full((int(mask.sum()),), int(c), dtype=torch.long, device=fs.device)
-                ce = F.cross_entropy(lg_c[mask], y)
+                y = torch.full(((hi - lo) * f2,), int(c), dtype=torch.long, device=fs.device)
+                ce = F.cross_entropy(lg_c[lo * f2:hi * f2], y)
                 return loss + weight * ce, ce
 
             if self.config.independent_ranks:  # each rank matched alone: Baseline B in one run
-                total = sum(masked_loss(o == r)[0] for r in range(syn.ipc))
+                total = sum(masked_loss(r, r + 1)[0] for r in range(syn.ipc))
                 outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs_c.detach(),
                                         syn_owner=o, real_features=fr_c, stats=stats))
                 continue
@@ -309,9 +396,9 @@ class IDM(Matcher):
                 if not 1 <= n <= syn.ipc:
                     raise ConfigError(f"prefix {p!r} requested from {self.name}; expected None or 1..{syn.ipc}.")
                 if n not in cache:
-                    cache[n], ce = masked_loss(o < n)
+                    cache[n], ce = masked_loss(0, n)
                     if ce is not None and n == syn.ipc:
-                        stats["ce"] = float(ce.detach())
+                        stats["ce"] = ce.detach()
                 losses[p] = cache[n]
             if use_ce:
                 stats["acc"] = acc
@@ -326,8 +413,13 @@ class IDM(Matcher):
         n = len(self.queue.models)
         pick = torch.randperm(n, generator=self.gen)[: min(mc.train_models, n)].tolist()
         for k in pick:
-            train_on_real(self.queue.models[k], self.queue.opts[k], self.real, steps=mc.train_steps,
-                          batch=mc.train_batch, generator=self.gen)
+            model = self.queue.models[k]
+            _set_trainable(model, True)
+            try:
+                train_on_real(model, self.queue.opts[k], self.real, steps=mc.train_steps,
+                              batch=mc.train_batch, generator=self.gen)
+            finally:
+                _set_trainable(model, False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"queue": self.queue.state_dict()} if self.mc.queue else {}
