@@ -45,6 +45,8 @@ __all__ = [
     "build_hooks",
     "method_config",
     "DTYPES",
+    "LR_IMG_SPACES",
+    "image_grad_scale",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ METHODS: Registry[type[Method]] = Registry(
     hint="Register your own with @edgecond.condense.register_method('name') on a Matcher or Selector subclass.",
 )
 DTYPES = ("uint8", "float16", "float32")
+LR_IMG_SPACES = ("normalized", "pixel")
 #: modules of this package that are infrastructure, not methods (every other module is imported
 #: by :func:`_ensure_methods`, and registers its methods with :func:`register_method` on import)
 _NOT_METHOD_MODULES = frozenset({"base", "engine", "checkpoint", "presets", "multisize", "baselines"})
@@ -116,8 +119,13 @@ class CondenseConfig:
     factor: int = 1  #: multi-formation factor f: each stored image decodes to f² training images
     iterations: int = 100  #: outer iterations
     seed: int = 0
-    lr_img: float = 0.01  #: SGD learning rate of the synthetic images (normalised space)
+    lr_img: float = 0.01  #: SGD learning rate of the synthetic images (in ``lr_img_space``)
     momentum_img: float = 0.5
+    #: the value space the image SGD step is taken in: "normalized" ((x - mean)/std, the DC/DSA/
+    #: DM/IDM reference codes) or "pixel" (x in [0, 1], the IDC/MDC reference codes, whose
+    #: real data is not normalised until the matching augmentation). At the same ``lr_img`` a
+    #: pixel-space step moves a pixel 1/std² (≈ 16× on CIFAR-10) further.
+    lr_img_space: str = "normalized"
     batch_real: int = 128  #: real images per class per matching step
     model: str = "convnet"
     model_kwargs: dict = field(default_factory=dict)
@@ -188,6 +196,11 @@ def _validate(config: CondenseConfig, dataset, cls: type[Method]) -> None:
         raise ConfigError(f"iterations={config.iterations}; expected an integer >= 0.")
     if config.dtype not in DTYPES:
         raise ConfigError(f"dtype={config.dtype!r}; expected one of {', '.join(DTYPES)}.")
+    if config.lr_img_space not in LR_IMG_SPACES:
+        raise ConfigError(
+            f"lr_img_space={config.lr_img_space!r}; expected one of {', '.join(LR_IMG_SPACES)} "
+            "(the value space the image learning rate applies in)."
+        )
     if config.init not in ("real", "noise"):
         raise ConfigError(f"init={config.init!r}; expected 'real' or 'noise'.")
     if config.batch_real < 1:
@@ -301,6 +314,18 @@ def initial_images(dataset, ipc: int, factor: int = 1, *, seed: int = 0, offset:
     return torch.stack(out)
 
 
+def image_grad_scale(config: CondenseConfig, syn: SyntheticSet) -> torch.Tensor | None:
+    """The per-channel factor the engine multiplies the normalised images' gradient by, so that
+    SGD on the normalised parameter takes exactly the step of SGD on pixel values.
+
+    With ``x = std·z + mean``, ``dL/dx = (dL/dz)/std`` and a pixel step ``Δx`` is ``Δz = Δx/std``:
+    a pixel-space SGD (with momentum, which is linear) is SGD on ``z`` with the gradient scaled
+    by ``1/std²``. ``None`` for ``lr_img_space="normalized"``."""
+    if config.lr_img_space != "pixel":
+        return None
+    return 1.0 / (syn.std * syn.std)
+
+
 # ------------------------------------------------------------------------------------------
 # hooks
 # ------------------------------------------------------------------------------------------
@@ -328,7 +353,10 @@ _RESUME_FREE_KEYS = ("iterations",)
 
 def _config_diff(a: dict, b: dict) -> list[str]:
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if k not in _RESUME_FREE_KEYS and a.get(k) != b.get(k)]
+    # a key a checkpoint predates (e.g. lr_img_space) counts as its default
+    dflt = {f.name: f.default for f in dataclasses.fields(CondenseConfig)
+            if f.default is not dataclasses.MISSING}
+    return [k for k in keys if k not in _RESUME_FREE_KEYS and a.get(k, dflt.get(k)) != b.get(k, dflt.get(k))]
 
 
 def _jsonable(cfg: CondenseConfig) -> dict:
@@ -461,6 +489,7 @@ def condense(
         hooks.bind(syn)
     after_step = getattr(hooks, "after_step", None)  # optional extension (MDC): restore frozen ranks
     opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
+    grad_scale = image_grad_scale(config, syn)
 
     start = 0
     history: dict[str, list] = {"iteration": [], "loss": [], "seconds": []}
@@ -521,6 +550,8 @@ def condense(
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     hooks.mask_grad(syn.images.grad)
+                    if grad_scale is not None:
+                        syn.images.grad.mul_(grad_scale)
                     opt.step()
                     syn.clamp_()
                     if after_step is not None:

@@ -40,8 +40,11 @@ from .presets import PresetContext
 
 __all__ = ["IDCConfig", "IDC", "matched_weights", "train_on_real", "model_seed"]
 
-# The reference IDC code initialises its synthetic images from its normalising data loader, so
-# it optimises them in normalised space, as we do: its image learning rates carry over as they are.
+# The reference IDC code optimises its synthetic images in pixel space [0, 1]: its condensation
+# loader yields un-normalised images (ToTensor only) and the normalisation is the first op of
+# the matching augmentation. Its image learning rates therefore hold with lr_img_space="pixel"
+# (at the same rate a normalised-space step moves a pixel ~1/(std_ref·std) ≈ 19× less per
+# step on CIFAR-10, measured: docs/condensation.md, *Fidelity to the reference*).
 
 
 def model_seed(generator: torch.Generator) -> int:
@@ -127,6 +130,7 @@ def _paper(ctx: PresetContext) -> dict:
         "iterations": 2000,
         "factor": 2,
         "lr_img": lr * ratio,
+        "lr_img_space": "pixel",
         "momentum_img": 0.5,
         "batch_real": 64,
         "augment": "color_crop_cutout",
