@@ -9,6 +9,7 @@ import json
 import sys
 
 from ..errors import BudgetError
+from .checks import check_output_file, int_arg
 
 
 def register(subparsers) -> None:
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("buffer", metavar="BUFFER", help="buffer file (.safetensors)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--ipc", type=int, metavar="N", help="images per class to keep")
+    g.add_argument("--ipc", type=int_arg(1), metavar="N", help="images per class to keep")
     g.add_argument("--max-bytes", metavar="B", help="largest prefix whose file fits B bytes")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file")
     p.add_argument("--lean", "--no-provenance", dest="lean", action="store_true",
@@ -117,6 +118,7 @@ def cmd_slice(args: argparse.Namespace) -> int:
     from ..buffer import MultisizeBuffer
     from ..units import format_bytes
 
+    check_output_file(args.output, "-o/--output")
     buf = MultisizeBuffer.load(args.buffer)
     keep = not args.lean
     if args.max_bytes is not None:
