@@ -464,14 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an `edgecond deploy` bundle with ONNX Runtime (no PyTorch); writes metrics.json.",
     )
     p.add_argument("bundle", help="bundle directory (contains manifest.json)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the manifest's)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the manifest's)")
-    p.add_argument("--seed", type=int, default=0, help="batch order / augmentation seed (default 0)")
+    from edgecond.commands.checks import float_arg, int_arg
+
+    p.add_argument("--epochs", type=int_arg(1, 100_000), default=None, help="epochs (default: the manifest's)")
+    p.add_argument("--lr", type=float_arg(0.0, 100.0, lo_open=True), default=None,
+                   help="learning rate (default: the manifest's)")
+    p.add_argument("--seed", type=int_arg(0), default=0, help="batch order / augmentation seed (default 0)")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="LR schedule (default: the manifest's)")
     aug = p.add_mutually_exclusive_group()
     aug.add_argument("--augment", dest="augment", action="store_true", default=None, help="force augmentation on")
     aug.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int_arg(1, 4096), default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--no-save", action="store_true", help="do not write the trained checkpoint/inference model")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
     return p
