@@ -309,15 +309,23 @@ class _Session:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         fetches = self.C.OrtValueVector()
-        self.module.lazy_reset_grad()
-        self.module.train_step([x, y], fetches)
-        self.optimizer.optimizer_step()
-        return float(fetches[0].numpy())
+        try:
+            self.module.lazy_reset_grad()
+            self.module.train_step([x, y], fetches)
+            self.optimizer.optimizer_step()
+            return float(fetches[0].numpy())
+        except Exception as exc:  # ORT's own exception types: the artifacts do not fit the data
+            raise ExportError(f"ONNX Runtime training step failed on a batch {list(x.shape)} ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); the bundle's model does not match its data. Re-create it.") from None
 
     def logits(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         fetches = self.C.OrtValueVector()
-        self.module.eval_step([x, y], fetches)
-        return fetches[1].numpy()
+        try:
+            self.module.eval_step([x, y], fetches)
+            return fetches[1].numpy()
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime eval step failed on a batch {list(x.shape)} ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); the bundle's model does not match its data. Re-create it.") from None
 
     def save(self, checkpoint: Path, inference: Path, logits_name: str) -> None:
         """ORT writes into a fresh private directory; the files are then renamed into place, so a
