@@ -377,9 +377,16 @@ def _header_length_fn(metadata: Mapping[str, str], tensors: Sequence[TensorSpec]
     md = dict(sorted({**metadata, "digest": ""}.items()))
     base = len(json.dumps({"__metadata__": md}, separators=(",", ":"), ensure_ascii=True)) - 1  # without "}"
 
+    fixed = [(f'"{t.name}":{{"dtype":"{t.dtype}","shape":[', "".join(f",{s}" for s in t.shape) + '],"data_offsets":[',
+              t.rank_bytes) for t in tensors]  # names and dtypes are plain ASCII: json.dumps spells them so
+
     def length(n: int) -> int:
-        tens = json.dumps(_tensor_entries(tensors, n), separators=(",", ":"), ensure_ascii=True)
-        js = base + (len(tens) if tensors else 1) + DIGEST_CHARS * n  # "," + entries + "}"
+        tens, off = 1 + len(fixed), 0  # "," before each entry, then "}"
+        for head, mid, rank_bytes in fixed:
+            end = off + n * rank_bytes
+            tens += len(head) + len(str(n)) + len(mid) + len(str(off)) + 1 + len(str(end)) + 2  # ",", "]}"
+            off = end
+        js = base + (tens if tensors else 1) + DIGEST_CHARS * n
         return 8 + js + (-js) % 8
 
     return length
@@ -857,13 +864,14 @@ def decode_budget(max_bytes: Any = None) -> int:
     else :data:`DEFAULT_DECODE_BUDGET` (2 GiB). Accepts ``"8GiB"``-style strings."""
     from .units import parse_bytes
 
+    source = "argument max_bytes"
     if max_bytes is None:
+        source = f"${DECODE_BUDGET_ENV}"
         max_bytes = os.environ.get(DECODE_BUDGET_ENV) or DEFAULT_DECODE_BUDGET
     try:
         return parse_bytes(max_bytes)
     except EdgecondErrorBase as exc:
-        raise ConfigError(f"decode budget {max_bytes!r} ({'argument max_bytes' if max_bytes is not None else DECODE_BUDGET_ENV}) "
-                          f"is not a byte quantity: {exc}") from None
+        raise ConfigError(f"decode budget {max_bytes!r} ({source}) is not a byte quantity: {exc}") from None
 
 
 def _check_decode_budget(src: str, need: int, max_bytes: Any, what: str) -> None:
