@@ -37,12 +37,38 @@ def _node(context: Context, cfg) -> tuple[int, int]:
             "this SuperNode has no 'partition-id' in its node config; start it with "
             "--node-config 'partition-id=0 num-partitions=N'."
         )
-    return int(nc["partition-id"]), int(nc.get("num-partitions", cfg.num_partitions))
+    pid = _int_field(nc, "partition-id", "node config", 0)
+    num = _int_field(nc, "num-partitions", "node config", 1, default=cfg.num_partitions)
+    return pid, num
+
+
+def _int_field(record, key: str, where: str, lo: int, default=None) -> int:
+    """One integer field of a Flower record (node config, message config), validated: FederatedError otherwise."""
+    v = record.get(key, default) if hasattr(record, "get") else default
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise FederatedError(f"{where} {key!r} is {v!r:.40}; expected an integer >= {lo}.")
+    return v
+
+
+def _float_field(record, key: str, where: str, default: float) -> float:
+    v = record.get(key, default) if hasattr(record, "get") else default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+        raise FederatedError(f"{where} {key!r} is {v!r:.40}; expected a finite number >= 0.")
+    return float(v)
+
+
+def _arrays(msg: Message) -> dict:
+    if "arrays" not in msg.content:
+        raise FederatedError("the message has no 'arrays' record (the global model); expected one from the "
+                             "edgecond ServerApp.")
+    return {k: v.numpy() for k, v in msg.content["arrays"].items()}
 
 
 def _round(msg: Message) -> int:
     config = msg.content.get("config")
-    return int(config["server-round"]) if config is not None and "server-round" in config else 0
+    return _int_field(config, "server-round", "message config", 0) if config is not None and "server-round" in config else 0
 
 
 def _indices(context: Context, cfg, pid: int, num: int) -> np.ndarray:
@@ -84,9 +110,9 @@ def train(msg: Message, context: Context) -> Message:
     cache = PrefixCache.from_state(context.state)
     result = task.client_round(
         cfg, partition_id=pid, num_partitions=num, rnd=rnd,
-        arrays={k: v.numpy() for k, v in msg.content["arrays"].items()},
+        arrays=_arrays(msg),
         cache=cache, transfer=transfer, payload=payload,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        proximal_mu=_float_field(config, "proximal-mu", "message config", 0.0),
         indices=_indices(context, cfg, pid, num),
     )
     cache.to_state(context.state)
@@ -102,7 +128,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     cfg = config_from_run_config(context.run_config)
     pid, num = _node(context, cfg)
-    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    arrays = _arrays(msg)
     n, metrics = task.client_evaluate(cfg, partition_id=pid, num_partitions=num, arrays=arrays,
                                       indices=_indices(context, cfg, pid, num))
     return Message(RecordDict({"metrics": MetricRecord({"num-examples": n, **metrics})}), reply_to=msg)

@@ -121,6 +121,14 @@ def numpy_to_state(net: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
             f"received model arrays lack {sorted(missing)[:3]}...; the server and client models "
             "differ. Use the same model / model-width / dataset on both sides."
         )
+    for k in state:
+        a = np.asarray(arrays[k])
+        if tuple(a.shape) != tuple(state[k].shape) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) \
+                or (np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()):
+            raise FederatedError(
+                f"received model array {k!r} is {a.dtype} {list(a.shape)}; expected finite numbers of shape "
+                f"{list(state[k].shape)}. The server and client models differ or the message is damaged."
+            )
     net.load_state_dict({k: torch.as_tensor(np.asarray(arrays[k])).to(state[k].dtype)
                          for k in state})
 

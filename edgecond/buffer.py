@@ -45,12 +45,20 @@ from typing import IO, Any, Iterable, Mapping, Sequence, Union
 import numpy as np
 
 from .errors import BufferFormatError, ConfigError
+from .errors import EdgecondError as EdgecondErrorBase
 from .formation import check_factor, decode_numpy
 
 __all__ = [
     "FORMAT",
     "DELTA_FORMAT",
     "MAX_HEADER_BYTES",
+    "MAX_CLASSES",
+    "MAX_CHANNELS",
+    "MAX_SIDE",
+    "MAX_FACTOR",
+    "MAX_SOFT_DIM",
+    "DEFAULT_DECODE_BUDGET",
+    "decode_budget",
     "PROVENANCE_KEYS",
     "TensorSpec",
     "BufferMeta",
@@ -70,6 +78,18 @@ DIGEST_BYTES = 16  # chain entries: SHA-256 truncated to 128 bits
 DIGEST_CHARS = 22  # ... written as unpadded base64url (spec §4)
 MAX_LABEL = 2**31  # class ids are in [0, 2**31)
 _B64 = re.compile(r"[A-Za-z0-9_-]{22}")
+# Hard caps on what a header may declare (spec §3 "Caps"): checked before anything proportional to
+# them is allocated or looped over. The rank count needs no cap of its own: its digest list
+# (22 characters per rank) must fit the 1 MiB header, so N <= 47,662.
+MAX_CLASSES = 1 << 17  # K: class slots (ImageNet-21k has 21,841)
+MAX_CHANNELS = 16  # C
+MAX_SIDE = 4096  # H and W, pixels
+MAX_FACTOR = 8  # formation factor f (each stored image decodes to f² images)
+MAX_SOFT_DIM = 1 << 17  # L: width of a soft label
+# Decoding (training_arrays, images_class_major, soft_targets) refuses to allocate more than this
+# unless the caller passes max_bytes=... or sets EDGECOND_DECODE_BUDGET (e.g. "8GiB").
+DEFAULT_DECODE_BUDGET = 2 * 1024**3  # 2 GiB
+DECODE_BUDGET_ENV = "EDGECOND_DECODE_BUDGET"
 
 _ST_TO_NP = {"U8": np.dtype("uint8"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}
 _NP_TO_ST = {"uint8": "U8", "float16": "F16", "float32": "F32"}
@@ -328,17 +348,48 @@ def _data_order(specs: Iterable[TensorSpec]) -> tuple[TensorSpec, ...]:
     return tuple(sorted(specs, key=lambda t: (-t.itemsize, t.name)))
 
 
-def _encode_header(metadata: Mapping[str, str], tensors: Sequence[TensorSpec], n: int) -> bytes:
-    """The canonical 8-byte length + padded JSON header of an ``n``-rank file."""
-    obj: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+def _tensor_entries(tensors: Sequence[TensorSpec], n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     off = 0
     for t in tensors:
         size = n * t.rank_bytes
-        obj[t.name] = {"dtype": t.dtype, "shape": [n, *t.shape], "data_offsets": [off, off + size]}
+        out[t.name] = {"dtype": t.dtype, "shape": [n, *t.shape], "data_offsets": [off, off + size]}
         off += size
+    return out
+
+
+def _encode_header(metadata: Mapping[str, str], tensors: Sequence[TensorSpec], n: int) -> bytes:
+    """The canonical 8-byte length + padded JSON header of an ``n``-rank file."""
+    obj: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    obj.update(_tensor_entries(tensors, n))
     js = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     js += b" " * ((-len(js)) % 8)
     return struct.pack("<Q", len(js)) + js
+
+
+def _header_length_fn(metadata: Mapping[str, str], tensors: Sequence[TensorSpec]):
+    """``n -> len(_encode_header(metadata + digest of n entries, tensors, n))`` in O(1) per ``n``.
+
+    The metadata JSON is measured once with an empty digest; the digest adds exactly
+    ``DIGEST_CHARS`` ASCII characters per rank and the tensor entries are measured per ``n``
+    (this keeps ``edgecond info`` and budget searches linear in the number of ranks).
+    """
+    md = dict(sorted({**metadata, "digest": ""}.items()))
+    base = len(json.dumps({"__metadata__": md}, separators=(",", ":"), ensure_ascii=True)) - 1  # without "}"
+
+    fixed = [(f'"{t.name}":{{"dtype":"{t.dtype}","shape":[', "".join(f",{s}" for s in t.shape) + '],"data_offsets":[',
+              t.rank_bytes) for t in tensors]  # names and dtypes are plain ASCII: json.dumps spells them so
+
+    def length(n: int) -> int:
+        tens, off = 1 + len(fixed), 0  # "," before each entry, then "}"
+        for head, mid, rank_bytes in fixed:
+            end = off + n * rank_bytes
+            tens += len(head) + len(str(n)) + len(mid) + len(str(off)) + 1 + len(str(end)) + 2  # ",", "]}"
+            off = end
+        js = base + (tens if tensors else 1) + DIGEST_CHARS * n
+        return 8 + js + (-js) % 8
+
+    return length
 
 
 def _seed(metadata: Mapping[str, str], tensors: Sequence[TensorSpec]) -> bytes:
@@ -429,6 +480,31 @@ class BufferMeta:
         md["digest"] = "".join(self.digests[:n])
         return _encode_header(md, self.tensors, n)
 
+    def header_bytes(self, n: int | None = None, *, provenance: bool = True) -> int:
+        """``len(header(n, provenance=...))`` without building the header (O(metadata), not O(n))."""
+        n = self.ipc if n is None else self._check_n(n)
+        md = dict(self.raw) if _check_provenance_mode(provenance) else _essential(self.raw)
+        return _header_length_fn(md, self.tensors)(n)
+
+    def header_sizes(self, *, provenance: bool = True) -> list[int]:
+        """Header length of every slice ``n = 1..ipc`` in one linear pass (what ``edgecond info`` lists)."""
+        md = dict(self.raw) if _check_provenance_mode(provenance) else _essential(self.raw)
+        length = _header_length_fn(md, self.tensors)
+        return [length(n) for n in range(1, self.ipc + 1)]
+
+    def decode_bytes(self, n: int | None = None, *, decode: bool = True) -> int:
+        """Peak bytes :meth:`MultisizeBuffer.training_arrays` allocates for ``n`` ranks (an upper estimate).
+
+        float32 copies of the stored images and, with ``decode=True`` and ``factor > 1``, the
+        ``factor²`` decoded images plus the float64 intermediates of the bilinear decode.
+        """
+        n = self.ipc if n is None else self._check_n(n)
+        c, h, w = self.image_shape
+        pixels = n * self.num_classes * c * h * w  # stored pixels (exact Python ints)
+        if decode and self.factor > 1:
+            return pixels * (4 + 8 + 12 * self.factor ** 2)
+        return pixels * 8
+
     def bytes_for(self, n: int, *, provenance: bool = True) -> int:
         """Exact file size of the ``n``-rank slice; 0 for ``n = 0`` (nothing is sent).
 
@@ -438,7 +514,7 @@ class BufferMeta:
             _check_provenance_mode(provenance)
             return 0
         n = self._check_n(n)
-        return len(self.header(n, provenance=provenance)) + n * self.rank_bytes
+        return self.header_bytes(n, provenance=provenance) + n * self.rank_bytes
 
     def delta_header(self, a: int, b: int) -> bytes:
         """Canonical header of the delta payload carrying ranks ``a..b-1`` (spec §6)."""
@@ -610,11 +686,14 @@ def _parse_header_checked(src: str, js: bytes, hlen: int, total_size: int, *, ki
     if len(ishape) != 5:
         raise _err(src, f"'images' has shape {ishape}; expected 5 dimensions [N, K, C, H, W].")
     n, k, c, h, w = ishape
+    _check_rank_count(src, n, md["digest"])
+    _check_image_caps(src, k, c, h, w)
     specs = [TensorSpec("images", dt, (k, c, h, w))]
     if "soft_labels" in raw_specs:
         sdt, sshape, _ = raw_specs["soft_labels"]
         if len(sshape) != 4 or sshape[0] != n or sshape[1] != k:
             raise _err(src, f"'soft_labels' has shape {sshape}; expected [N={n}, K={k}, factor², L].")
+        _check_soft_caps(src, sshape)
         specs.append(TensorSpec("soft_labels", sdt, tuple(sshape[1:])))
     order = _data_order(specs)
     data_start = 8 + hlen
@@ -675,6 +754,7 @@ def _parse_header_checked(src: str, js: bytes, hlen: int, total_size: int, *, ki
     if not (fac.isascii() and fac.isdigit() and fac[0] != "0" and len(fac) < 6):
         raise _err(src, f"'factor' is {fac!r:.40}; expected a positive decimal integer (omitted when 1).")
     factor = int(fac)
+    _check_factor_cap(src, factor)
     if h % factor or w % factor:
         raise _err(src, f"factor {factor} does not divide the image size {h}x{w}.")
     soft = None
@@ -749,6 +829,57 @@ def _parse_header_checked(src: str, js: bytes, hlen: int, total_size: int, *, ki
     )
     return _Layout(meta=meta, n=n, data_start=data_start, begins=begins, seed=seed,
                    chain=chain, start=start, anchor=anchor)
+
+
+def _check_rank_count(src: str, n: int, digest: str) -> None:
+    """Spec §3 caps: the rank count is bounded by its digest list, checked before any per-rank work."""
+    if len(digest) != n * DIGEST_CHARS:
+        raise _err(src, f"the images tensor declares {n} ranks but 'digest' has {len(digest)} characters; "
+                        f"expected {DIGEST_CHARS} base64url characters per rank (at most {MAX_HEADER_BYTES // DIGEST_CHARS} ranks fit "
+                        "the 1 MiB header). The file is damaged or hostile.")
+
+
+def _check_image_caps(src: str, k: int, c: int, h: int, w: int) -> None:
+    """Spec §3 caps on the declared class slots, channels and image size."""
+    for what, val, cap in (("class slots K", k, MAX_CLASSES), ("channels C", c, MAX_CHANNELS),
+                           ("image height H", h, MAX_SIDE), ("image width W", w, MAX_SIDE)):
+        if val > cap:
+            raise _err(src, f"the images tensor declares {val} {what}; the cap is {cap}. The file is damaged "
+                            "or hostile (edgecond never writes such a buffer).")
+
+
+def _check_soft_caps(src: str, sshape: Sequence[int]) -> None:
+    if sshape[3] > MAX_SOFT_DIM:
+        raise _err(src, f"'soft_labels' declares {sshape[3]} classes per label; the cap is {MAX_SOFT_DIM}.")
+
+
+def _check_factor_cap(src: str, factor: int) -> None:
+    if factor > MAX_FACTOR:
+        raise _err(src, f"'factor' is {factor}; the cap is {MAX_FACTOR} (each stored image decodes to factor² "
+                        "training images). The file is damaged or hostile.")
+
+
+def decode_budget(max_bytes: Any = None) -> int:
+    """The decoding memory budget in bytes: ``max_bytes`` if given, else ``$EDGECOND_DECODE_BUDGET``,
+    else :data:`DEFAULT_DECODE_BUDGET` (2 GiB). Accepts ``"8GiB"``-style strings."""
+    from .units import parse_bytes
+
+    source = "argument max_bytes"
+    if max_bytes is None:
+        source = f"${DECODE_BUDGET_ENV}"
+        max_bytes = os.environ.get(DECODE_BUDGET_ENV) or DEFAULT_DECODE_BUDGET
+    try:
+        return parse_bytes(max_bytes)
+    except EdgecondErrorBase as exc:
+        raise ConfigError(f"decode budget {max_bytes!r} ({source}) is not a byte quantity: {exc}") from None
+
+
+def _check_decode_budget(src: str, need: int, max_bytes: Any, what: str) -> None:
+    budget = decode_budget(max_bytes)
+    if need > budget:
+        raise _err(src, f"{what} would need about {need} bytes ({need / 2**30:.2f} GiB), above the decoding "
+                        f"budget of {budget} bytes. Pass a smaller n, max_bytes={need} (or more), or set "
+                        f"{DECODE_BUDGET_ENV}={need} if this buffer is trusted.")
 
 
 def _layout_from_buffer(src: str, buf: memoryview, kind: str = "buffer") -> _Layout:
@@ -846,6 +977,7 @@ class MultisizeBuffer:
             raise ConfigError(f"images must have shape [K, N, C, H, W] with no empty axis, got {images.shape}.")
         k, n, c, h, w = (int(s) for s in images.shape)
         factor = check_factor(factor, h, w)
+        _check_writable_sizes(k, c, h, w, factor)
         name = _storage_name(dtype)
         labels_t = tuple(range(k)) if labels is None else tuple(_int_label(v) for v in labels)
         if len(labels_t) != k or len(set(labels_t)) != k:
@@ -1076,6 +1208,28 @@ class MultisizeBuffer:
         self.verify(n)
         return self._stored("images", n)
 
+    def check_values(self, n: int | None = None) -> None:
+        """Verify the digests, then decode rank by rank (bounded memory) and check that pixels are
+        finite in ``[0, 1]`` and soft labels finite: what ``edgecond info --verify`` runs.
+
+        The digest only proves the bytes are what the writer signed; this finds a file written or
+        re-signed with NaN/inf/out-of-range values (which every decoder would reject later).
+        """
+        n = self._resolve_n(n)
+        self.verify(n)
+        stored = self._stored("images", n)
+        for r in range(n):
+            try:
+                decode_images(stored[r], src=self._src)
+            except BufferFormatError as exc:
+                raise _err(self._src, f"rank {r}: {exc}") from None
+        if self.has_soft_labels:
+            soft = self._stored("soft_labels", n)
+            for r in range(n):
+                if not np.isfinite(soft[r].astype(np.float32)).all():
+                    raise _err(self._src, f"soft labels of rank {r} contain NaN or infinite values; expected "
+                                          "finite numbers.")
+
     # ---- views and arrays
 
     def subset(self, n: int) -> "MultisizeBuffer":
@@ -1084,18 +1238,25 @@ class MultisizeBuffer:
         return MultisizeBuffer(_buf=self._buf, _layout=self._layout, _n=n, _state=self._state,
                                _src=self._src, _keep=self._keep)
 
-    def images_class_major(self, n: int | None = None) -> np.ndarray:
-        """Images ``[K, n, C, H, W]`` as float32 pixel space (a new array)."""
+    def images_class_major(self, n: int | None = None, *, max_bytes: Any = None) -> np.ndarray:
+        """Images ``[K, n, C, H, W]`` as float32 pixel space (a new array); ``max_bytes``: see :func:`decode_budget`."""
+        _check_decode_budget(self._src, self._meta.decode_bytes(self._resolve_n(n), decode=False), max_bytes,
+                             "images_class_major")
         x = decode_images(self.stored_images(n), src=self._src)
         return np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4))
 
-    def training_arrays(self, n: int | None = None, *, decode: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def training_arrays(self, n: int | None = None, *, decode: bool = True,
+                        max_bytes: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` to train on: x float32 pixel space, y int64.
 
         Order: rank-major, then class slot, then (``decode=True``) the ``factor²`` decoded images
         of each stored image (``edgecond.formation.decode_numpy``). ``decode=False`` returns the
-        stored images ``[n*K, C, H, W]`` and one label each.
+        stored images ``[n*K, C, H, W]`` and one label each. Refuses (``BufferFormatError`` naming
+        the bytes needed) when :meth:`BufferMeta.decode_bytes` exceeds the decoding budget
+        ``max_bytes`` (default :func:`decode_budget`: 2 GiB or ``$EDGECOND_DECODE_BUDGET``).
         """
+        _check_decode_budget(self._src, self._meta.decode_bytes(self._resolve_n(n), decode=decode), max_bytes,
+                             "training_arrays")
         q = self.stored_images(n)
         m = q.shape[0] * q.shape[1]
         x = decode_images(q, src=self._src).reshape(m, *q.shape[2:])
@@ -1110,6 +1271,8 @@ class MultisizeBuffer:
         if not self.has_soft_labels:
             return None
         n = self._resolve_n(n)
+        width = self._meta.soft_label_dim or 0
+        _check_decode_budget(self._src, 8 * n * self.num_classes * self.factor ** 2 * width, None, "soft_targets")
         self.verify(n)
         s = self._stored("soft_labels", n).astype(np.float32)
         if not np.isfinite(s).all():
@@ -1258,6 +1421,15 @@ def _as_bytes_view(p: Any) -> memoryview:
     if isinstance(p, np.ndarray):
         return memoryview(np.ascontiguousarray(p)).cast("B")
     return memoryview(p).cast("B") if not isinstance(p, memoryview) or p.format != "B" else p
+
+
+def _check_writable_sizes(k: int, c: int, h: int, w: int, factor: int) -> None:
+    """The writer refuses what the reader's caps (spec §3) would refuse."""
+    try:
+        _check_image_caps("images", k, c, h, w)
+        _check_factor_cap("factor", factor)
+    except BufferFormatError as exc:
+        raise ConfigError(f"cannot write this buffer: {exc}") from None
 
 
 def _int_label(v: Any) -> int:

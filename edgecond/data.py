@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -235,12 +236,38 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
         arr = arr[:, 0]
     if arr.ndim != 1 or len(arr) != n:
         raise DatasetError(f"{what} has shape {arr.shape}; expected [{n}] (one integer label per image).")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DatasetError(f"{what} has dtype {arr.dtype}; expected integer class ids.")
+    if arr.size and np.issubdtype(arr.dtype, np.floating) and not (np.isfinite(arr).all() and arr.max() < 2**31):
+        raise DatasetError(f"{what} contains non-finite or huge labels (max {float(arr.max())}); expected class ids 0..K-1.")
     if not (np.issubdtype(arr.dtype, np.integer) or (arr.size and np.all(np.mod(arr, 1) == 0))):
         raise DatasetError(f"{what} has dtype {arr.dtype} with non-integer values; expected integer class ids.")
     arr = arr.astype(np.int64)
     if arr.size and arr.min() < 0:
         raise DatasetError(f"{what} contains negative label {int(arr.min())}; expected class ids 0..K-1.")
     return arr
+
+
+MAX_CLASSES = 1 << 17  # class ids are < 131072 (ImageNet-21k has 21,841 classes)
+
+
+def _check_label_values(name: str, ytr: np.ndarray, yte: np.ndarray, class_names) -> None:
+    """Labels beyond the class cap are refused before anything proportional to them is built."""
+    top = int(max(ytr.max(initial=0), yte.max(initial=0)))
+    if top >= MAX_CLASSES:
+        raise DatasetError(f"{name}: label {top} is beyond the cap of {MAX_CLASSES} classes; expected class ids "
+                           "0..K-1 (relabel the data to consecutive ids).")
+
+
+def _check_no_empty_class(name: str, ytr: np.ndarray, class_names: Sequence[str]) -> None:
+    """Every class must have at least one training image (condensation draws from each class)."""
+    counts = np.bincount(ytr, minlength=len(class_names))
+    empty = np.flatnonzero(counts[:len(class_names)] == 0)
+    if empty.size:
+        c = int(empty[0])
+        raise DatasetError(f"{name}: class {c} ({class_names[c]!r}) has no training images"
+                           f"{f' (and {empty.size - 1} more classes)' if empty.size > 1 else ''}; expected at least "
+                           "one per class. Drop the class or relabel the data to consecutive ids.")
 
 
 STATS_SIGNIFICANT_DIGITS = 4
@@ -301,6 +328,7 @@ def from_arrays(
             f"{name}: train images have shape {xtr.shape[1:]} but test images {xte.shape[1:]}; "
             "expected the same (C, H, W) for both splits."
         )
+    _check_label_values(name, ytr, yte, class_names)
     k = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1
     if class_names is None:
         class_names = [str(i) for i in range(k)]
@@ -310,6 +338,7 @@ def from_arrays(
             f"{name}: labels go up to {k - 1} but only {len(class_names)} class names were given; "
             f"expected {k} names."
         )
+    _check_no_empty_class(name, ytr, class_names)
     if stats is not None and np.shape(stats) == (2, xtr.shape[1]):
         mean, std = tuple(float(v) for v in stats[0]), tuple(float(v) for v in stats[1])
     else:
@@ -753,6 +782,37 @@ def _load_svhn(arg: str | None, root: Path, download: bool) -> ImageDataset:
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+_NPZ_MAX_BYTES = 16 * 1024**3  # cap on the arrays an .npz may declare (before anything is allocated)
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """The file must be a zip whose .npy members declare no more bytes than they hold (no bombs)."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"{str(path)!r} is not a .npz (zip) file ({exc}); expected numpy.savez output "
+                           f"with arrays {', '.join(_NPZ_KEYS)}.") from None
+    total = 0
+    with zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            try:
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(fh))
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+                raise DatasetError(f"{str(path)!r}: member {info.filename!r} is not a readable .npy array "
+                                   f"({exc}).") from None
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize if shape else dtype.itemsize
+            total += need
+            if need > info.file_size or total > _NPZ_MAX_BYTES:
+                raise DatasetError(f"{str(path)!r}: array {info.filename!r} declares shape {shape} ({need} bytes) "
+                                   f"but holds {info.file_size} bytes (cap {_NPZ_MAX_BYTES} in all); the file is "
+                                   "damaged or hostile.")
+
+
 @register_dataset(
     "npz",
     description="your arrays: .npz with x_train, y_train, x_test, y_test (NHWC or NCHW, uint8 or float in [0,1]); "
@@ -767,6 +827,7 @@ def _load_npz(arg: str | None, root: Path, download: bool) -> ImageDataset:
             f"npz dataset file {str(path)!r} does not exist; expected a .npz with arrays "
             f"{', '.join(_NPZ_KEYS)} (numpy.savez)."
         )
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
@@ -785,7 +846,7 @@ def _load_npz(arg: str | None, root: Path, download: bool) -> ImageDataset:
             f"cannot read {str(path)!r} without pickle ({exc}); store plain numeric arrays "
             "and class_names as a unicode string array (np.array([...], dtype=str))."
         ) from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as exc:
         raise DatasetError(f"{str(path)!r} is not a readable .npz file ({exc}).") from None
     return from_arrays(f"npz:{path.resolve()}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                        class_names=names, source=str(path.resolve()))

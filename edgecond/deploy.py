@@ -19,9 +19,12 @@ artifacts and reading a dataset for the eval set import torch inside :func:`depl
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +39,10 @@ __all__ = [
     "DeployResult",
     "deploy",
     "read_manifest",
+    "validate_manifest",
+    "bundle_file",
+    "check_onnx_external_data",
+    "write_file_atomic",
     "default_training",
     "MANIFEST_FILE",
     "BUFFER_FILE",
@@ -54,6 +61,16 @@ _ARTIFACTS = {  # same names as edgecond.export.ARTIFACT_FILES (not imported: it
     "optimizer_model": "optimizer_model.onnx",
     "checkpoint": "checkpoint",
 }
+FILE_ROLES = (*_ARTIFACTS, "buffer", "eval")
+# Caps on what a manifest may ask of a device (checked before anything proportional is allocated).
+MAX_BATCH_SIZE = 4096
+MAX_CROP_PAD = 64
+MAX_EPOCHS = 100_000
+MAX_LR = 100.0
+MIN_STD = 1e-6
+MAX_MANIFEST_BYTES = 1 << 20
+
+
 def default_training(dataset: str, image_shape: tuple[int, int, int], optimizer: str, *,
                      flips: bool = False) -> dict[str, Any]:
     """Training settings written into a manifest when the caller gives none. ``flips``: the
@@ -358,16 +375,22 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
 def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``manifest.json`` of a bundle; the dict gets ``"dir"`` (a :class:`Path`).
 
-    Raises :class:`ConfigError` for a missing, foreign or incomplete manifest.
+    Raises :class:`ConfigError` for a missing, foreign, incomplete or out-of-range manifest
+    (:func:`validate_manifest`) and for any file path that leaves the bundle directory.
     """
     d = Path(bundle_dir)
     path = d / MANIFEST_FILE
     try:
+        if path.is_symlink() or path.exists():
+            _inside(d, MANIFEST_FILE, "manifest")
+        if path.exists() and path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ConfigError(f"{path} has {path.stat().st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} "
+                              "bytes. Re-create the bundle with `edgecond deploy`.")
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist; expected a bundle directory written by `edgecond deploy "
                           "BUFFER --max-bytes B -o DIR`.") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{path} is not readable JSON ({exc}); re-create the bundle with `edgecond deploy`.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise ConfigError(f"{path} is not an edgecond bundle manifest (format "
@@ -377,9 +400,223 @@ def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:
                           f"{BUNDLE_VERSION}. Re-create the bundle with this edgecond's `edgecond deploy`.")
     required = ("files", "mean", "std", "batch_size", "training", "logits_name", "num_classes")
     missing = [k for k in required if k not in manifest]
-    missing += [f"files.{k}" for k in (*_ARTIFACTS, "buffer") if k not in manifest.get("files", {})]
+    files = manifest.get("files", {})
+    missing += [f"files.{k}" for k in (*_ARTIFACTS, "buffer") if isinstance(files, dict) and k not in files]
     if missing:
         raise ConfigError(f"{path} lacks {', '.join(missing)}; expected a complete manifest. "
                           "Re-create the bundle with `edgecond deploy`.")
+    validate_manifest(manifest, str(path))
     manifest["dir"] = d
+    for role, name in manifest["files"].items():
+        if name is not None:
+            bundle_file(manifest, role)  # every path resolves inside the bundle
     return manifest
+
+
+def _bad(where: str, key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{where}: {key} is {value!r:.80}; expected {expected}. Re-create the bundle with "
+                       "`edgecond deploy`.")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_manifest(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
+    """The manifest schema: every field the edge trainer reads, its type, range and cap.
+
+    Raises :class:`ConfigError` naming the first field that is wrong. Caps: batch_size <=
+    ``MAX_BATCH_SIZE``, crop_pad <= ``MAX_CROP_PAD`` (and < the image side), epochs <=
+    ``MAX_EPOCHS``, std >= ``MIN_STD``; paths are checked by :func:`bundle_file`.
+    """
+    m = manifest
+    files = m["files"]
+    if not isinstance(files, dict):
+        raise _bad(where, "files", files, "an object {role: file name}")
+    unknown = sorted(set(files) - set(FILE_ROLES))
+    if unknown:
+        raise _bad(where, "files", unknown, f"only the roles {list(FILE_ROLES)}")
+    for role, name in files.items():
+        if not (isinstance(name, str) and name) and not (role == "eval" and name is None):
+            raise _bad(where, f"files.{role}", name, "a file name inside the bundle")
+    shape = m.get("image_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) and 1 <= v <= 4096
+                                                                                        for v in shape)):
+        raise _bad(where, "image_shape", shape, "[C, H, W] positive integers (<= 4096)")
+    for key in ("mean", "std"):
+        v = m[key]
+        if not (isinstance(v, list) and 1 <= len(v) <= 16 and all(_is_num(x) for x in v)):
+            raise _bad(where, key, v, "a list of 1..16 finite numbers (one per channel)")
+        if shape is not None and len(v) != shape[0]:
+            raise _bad(where, key, v, f"{shape[0]} numbers (image_shape has {shape[0]} channels)")
+    if len(m["mean"]) != len(m["std"]):
+        raise _bad(where, "std", m["std"], f"{len(m['mean'])} numbers, as many as mean")
+    if not all(x >= MIN_STD for x in m["std"]):
+        raise _bad(where, "std", m["std"], f"numbers >= {MIN_STD} (dividing by a zero std trains to NaN)")
+    if not (_is_int(m["batch_size"]) and 1 <= m["batch_size"] <= MAX_BATCH_SIZE):
+        raise _bad(where, "batch_size", m["batch_size"], f"an integer in 1..{MAX_BATCH_SIZE}")
+    if not (_is_int(m["num_classes"]) and 1 <= m["num_classes"] <= 1 << 17):
+        raise _bad(where, "num_classes", m["num_classes"], "an integer in 1..131072")
+    if not (isinstance(m["logits_name"], str) and m["logits_name"]):
+        raise _bad(where, "logits_name", m["logits_name"], "the name of the logits output")
+    for key in ("ipc", "factor"):
+        if key in m and m[key] is not None and not (_is_int(m[key]) and 1 <= m[key] <= 1 << 20):
+            raise _bad(where, key, m[key], "a positive integer")
+    t = m["training"]
+    if not isinstance(t, dict):
+        raise _bad(where, "training", t, "an object {epochs, lr, schedule, optimizer, augment}")
+    if not (_is_int(t.get("epochs")) and 1 <= t["epochs"] <= MAX_EPOCHS):
+        raise _bad(where, "training.epochs", t.get("epochs"), f"an integer in 1..{MAX_EPOCHS}")
+    if not (_is_num(t.get("lr")) and 0 < t["lr"] <= MAX_LR):
+        raise _bad(where, "training.lr", t.get("lr"), f"a number in (0, {MAX_LR}]")
+    if t.get("schedule", "step") not in ("step", "constant"):
+        raise _bad(where, "training.schedule", t.get("schedule"), "'step' or 'constant'")
+    if "optimizer" in t and not isinstance(t["optimizer"], str):
+        raise _bad(where, "training.optimizer", t["optimizer"], "a name")
+    aug = t.get("augment")
+    if not isinstance(aug, dict) or not isinstance(aug.get("enabled"), bool):
+        raise _bad(where, "training.augment", aug, "an object {enabled: bool, crop_pad: int, flip: bool}")
+    pad = aug.get("crop_pad", 0)
+    side = min(shape[1:]) if shape is not None else MAX_CROP_PAD + 1
+    if not (_is_int(pad) and 0 <= pad <= min(MAX_CROP_PAD, side - 1 if side > 1 else 0)):
+        raise _bad(where, "training.augment.crop_pad", pad,
+                   f"an integer in 0..{min(MAX_CROP_PAD, max(side - 1, 0))} (below the image side, cap {MAX_CROP_PAD})")
+    if not isinstance(aug.get("flip", False), bool):
+        raise _bad(where, "training.augment.flip", aug.get("flip"), "true or false")
+
+
+def _inside(bundle_dir: Path, name: Any, role: str) -> Path:
+    """``bundle_dir / name`` if it stays inside the bundle (no absolute path, no '..', no link out)."""
+    where = f"bundle {bundle_dir}"
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ConfigError(f"{where}: files.{role} is {name!r:.80}; expected a file name inside the bundle.")
+    rel = Path(name)
+    if rel.is_absolute() or name.startswith(("/", "\\")) or ".." in rel.parts or ".." in name.split("\\"):
+        raise ConfigError(f"{where}: files.{role} is {name!r:.120}; expected a path inside the bundle directory "
+                          "(no absolute path, no '..'). The bundle is damaged or hostile.")
+    root = bundle_dir.resolve()
+    target = (bundle_dir / rel).resolve()
+    if target != root and root not in target.parents:
+        raise ConfigError(f"{where}: files.{role} {name!r:.120} resolves to {target}, outside the bundle (a "
+                          "symbolic link out of it). Refusing to read it; the bundle is damaged or hostile.")
+    return bundle_dir / rel
+
+
+def bundle_file(manifest: dict[str, Any], role: str) -> Path:
+    """The path of ``files[role]``, confined to the bundle directory, that is a regular file (or absent)."""
+    d = Path(manifest["dir"])
+    path = _inside(d, manifest["files"][role], role)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return path  # the reader reports the missing file with its own message
+    except OSError as exc:
+        raise ConfigError(f"bundle {d}: files.{role} {path} cannot be read ({exc}).") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"bundle {d}: files.{role} {path} is not a regular file (a device, pipe or directory); "
+                          "the bundle is damaged or hostile.")
+    return path
+
+
+def write_file_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fresh temp file (O_EXCL|O_NOFOLLOW) and an atomic rename.
+
+    ``os.replace`` replaces a symbolic link at ``path`` instead of writing through it, so a link
+    planted in a bundle never redirects an output.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# ONNX protobuf field numbers (onnx.proto): which fields hold messages that may contain tensors.
+_ONNX_MESSAGES = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node", 11: "attribute"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {},
+}
+
+
+def check_onnx_external_data(path: str | os.PathLike) -> None:
+    """Refuse an ONNX model whose tensors live in external files (``data_location = EXTERNAL`` or
+    ``external_data`` entries): ONNX Runtime would open those paths, which may leave the bundle.
+
+    A small schema-aware protobuf walk (no ``onnx`` import); raises :class:`ConfigError` for
+    external data and for a file that is not a well-formed protobuf.
+    """
+    path = Path(path)
+    try:
+        data = memoryview(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the ONNX model ({exc}).") from None
+    try:
+        _walk_onnx(data, "model", 0)
+    except _ExternalData:
+        raise ConfigError(f"{path}: the ONNX model stores tensors in external data files; a bundle must be "
+                          "self-contained (edgecond deploy never writes external data). Refusing to load it.") from None
+    except (IndexError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a well-formed ONNX model ({exc}); re-create the bundle.") from None
+
+
+class _ExternalData(Exception):
+    pass
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _walk_onnx(buf: memoryview, kind: str, depth: int) -> None:
+    if depth > 64:
+        raise ValueError("messages nested too deeply")
+    fields = _ONNX_MESSAGES[kind]
+    i, end = 0, len(buf)
+    while i < end:
+        key, i = _varint(buf, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            val, i = _varint(buf, i)
+            if kind == "tensor" and num == 14 and val == 1:  # data_location = EXTERNAL
+                raise _ExternalData
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            if i + size > end:
+                raise ValueError("a field runs past the end of its message")
+            if kind == "tensor" and num == 13:  # external_data entries
+                raise _ExternalData
+            if num in fields:
+                _walk_onnx(buf[i:i + size], fields[num], depth + 1)
+            i += size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if i > end:
+            raise ValueError("truncated message")

@@ -518,16 +518,46 @@ def transfer_records(plan: TransferPlan, payload: bytes, *, digest: str, buffer_
     return out
 
 
+_MAX_RANKS = 47_662  # a buffer header (1 MiB) holds at most this many rank digests
+
+
+def _int_in(transfer: Mapping[str, Any], key: str, lo: int, hi: int | None, default: Any = None) -> int:
+    v = transfer.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        raise FederatedError(f"the transfer record's {key!r} is {v!r:.40}; expected an integer in "
+                             f"{lo}..{hi if hi is not None else 'inf'}. The message is damaged or not from an "
+                             "edgecond server.")
+    return int(v)
+
+
+def validate_transfer(transfer: Mapping[str, Any]) -> dict:
+    """The transfer record's schema (kind, have, target, nbytes, digest); raises FederatedError naming the field."""
+    out = dict(transfer)
+    kind = out.get("kind", "none")
+    if kind not in ("full", "delta", "none"):
+        raise FederatedError(f"the transfer record's 'kind' is {kind!r:.40}; expected full|delta|none.")
+    out["kind"] = kind
+    out["nbytes"] = _int_in(out, "nbytes", 0, None, 0)
+    if not isinstance(out.get("digest", ""), str):
+        raise FederatedError(f"the transfer record's 'digest' is {out.get('digest')!r:.40}; expected a string.")
+    if kind != "none":
+        out["target"] = _int_in(out, "target", 1, _MAX_RANKS)
+        out["have"] = _int_in(out, "have", 0, out["target"] - 1, 0)
+        if kind == "full" and out["have"] != 0:
+            raise FederatedError(f"a full transfer must have 'have' 0, got {out['have']}; the message is damaged.")
+    return out
+
+
 def read_transfer(content) -> tuple[dict, bytes]:
     """Inverse of :func:`transfer_records` on the client: ``(transfer dict, payload bytes)``."""
     if TRANSFER_RECORD not in content:
         return {"kind": "none", "have": 0, "target": 0, "nbytes": 0, "budget": 0, "digest": "",
                 "reason": "no transfer record", "buffer-mode": "off"}, b""
-    transfer = dict(content[TRANSFER_RECORD])
+    transfer = validate_transfer(dict(content[TRANSFER_RECORD]))
     payload = b""
     if PAYLOAD_RECORD in content:
         payload = content[PAYLOAD_RECORD]["bytes"].numpy().tobytes()
-    if len(payload) != int(transfer.get("nbytes", 0)):
+    if len(payload) != transfer["nbytes"]:
         raise FederatedError(
             f"received {len(payload)} payload bytes but the transfer record announces "
             f"{transfer.get('nbytes')}; the message was damaged in transit."
@@ -569,10 +599,11 @@ class PrefixCache:
 
     def apply(self, transfer: Mapping[str, Any], payload: bytes) -> int:
         """Apply one received transfer; return the number of payload bytes consumed."""
-        kind = str(transfer.get("kind", "none"))
+        transfer = validate_transfer(transfer)
+        kind = transfer["kind"]
         if kind == "none":
             return 0
-        target = int(transfer["target"])
+        target = transfer["target"]
         if kind == "full":
             buf = _load_buffer_bytes(payload)
             if transfer.get("digest") and buffer_identity(buf) != str(transfer["digest"]):
@@ -589,7 +620,7 @@ class PrefixCache:
             self.digest = buffer_identity(buf)
             return len(payload)
         if kind == "delta":
-            have = int(transfer["have"])
+            have = transfer["have"]
             if self.ipc < have or str(transfer.get("digest", "")) != self.digest:
                 raise FederatedError(
                     f"received ranks {have}..{target - 1} of buffer {transfer.get('digest')!r:.16} "

@@ -45,7 +45,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from edgecond.deploy import read_manifest
+from edgecond.deploy import bundle_file, check_onnx_external_data, read_manifest, write_file_atomic
 from edgecond.errors import ConfigError, ExportError
 
 __all__ = [
@@ -155,9 +155,25 @@ def load_training_arrays(bundle: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
     """The bundle's buffer slice decoded for training: x float32 [M, C, H, W] pixel, y int64 [M]."""
     from edgecond.buffer import MultisizeBuffer
 
-    buf = MultisizeBuffer.load(bundle["dir"] / bundle["files"]["buffer"])
+    buf = MultisizeBuffer.load(bundle_file(bundle, "buffer"))
+    _check_buffer_fits_manifest(buf, bundle)
     x, y = buf.training_arrays()
     return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+
+
+def _check_buffer_fits_manifest(buf, bundle: dict[str, Any]) -> None:
+    """The slice must match what the manifest (and so the exported model) says."""
+    shape = bundle.get("image_shape")
+    where = f"bundle {bundle['dir']}"
+    if shape is not None and tuple(buf.image_shape) != tuple(shape):
+        raise ConfigError(f"{where}: the buffer holds {list(buf.image_shape)} images, the manifest says {shape}; "
+                          "re-create the bundle with `edgecond deploy`.")
+    if len(bundle["mean"]) != buf.image_shape[0]:
+        raise ConfigError(f"{where}: mean/std have {len(bundle['mean'])} channels, the buffer's images "
+                          f"{buf.image_shape[0]}; re-create the bundle.")
+    if max(buf.labels) >= bundle["num_classes"]:
+        raise ConfigError(f"{where}: the buffer has label {max(buf.labels)}, the model {bundle['num_classes']} "
+                          "classes; re-create the bundle.")
 
 
 def load_eval_arrays(bundle: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -165,18 +181,45 @@ def load_eval_arrays(bundle: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | 
     name = bundle["files"].get("eval")
     if not name:
         return None
-    from safetensors.numpy import load_file
+    from safetensors import SafetensorError, safe_open
 
-    path = bundle["dir"] / name
+    from edgecond.buffer import decode_budget
+
+    path = bundle_file(bundle, "eval")
+    fix = "expected a safetensors file with tensors 'x' [M, C, H, W] and 'y' [M] as written by `edgecond deploy --eval-samples N`"
     try:
-        tensors = load_file(str(path))
-        x, y = tensors["x"], tensors["y"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable eval set ({exc}); expected a safetensors file with "
-                          "tensors 'x' and 'y' as written by `edgecond deploy --eval-samples N`.") from None
+        with safe_open(str(path), framework="numpy") as fh:
+            if set(fh.keys()) != {"x", "y"}:
+                raise ConfigError(f"{path}: tensors {sorted(fh.keys())[:5]}; {fix}.")
+            xs, ys = fh.get_slice("x"), fh.get_slice("y")
+            xshape, yshape = list(xs.get_shape()), list(ys.get_shape())
+            if len(xshape) != 4 or yshape != xshape[:1] or xs.get_dtype() not in ("U8", "F32") \
+                    or ys.get_dtype() not in ("I64", "I32", "U8"):
+                raise ConfigError(f"{path}: x is {xs.get_dtype()} {xshape}, y {ys.get_dtype()} {yshape}; {fix}.")
+            need = 8 * math.prod(xshape)
+            if need > decode_budget():
+                raise ConfigError(f"{path}: the eval set would need {need} bytes, above the decoding budget "
+                                  f"{decode_budget()} (EDGECOND_DECODE_BUDGET); the bundle is damaged or hostile.")
+            x, y = fh.get_tensor("x"), fh.get_tensor("y")
+    except (OSError, SafetensorError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: not a readable eval set ({exc}); {fix}.") from None
+    shape = bundle.get("image_shape")
+    if shape is not None and list(x.shape[1:]) != list(shape):
+        raise ConfigError(f"{path}: eval images are {list(x.shape[1:])}, the manifest says {shape}; {fix}.")
+    y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= bundle["num_classes"]):
+        raise ConfigError(f"{path}: eval labels span {int(y.min())}..{int(y.max())}; expected 0..{bundle['num_classes'] - 1} "
+                          "(the manifest's num_classes).")
+    if len(y) == 0:
+        raise ConfigError(f"{path}: the eval set is empty; {fix}.")
     if x.dtype == np.uint8:  # stored as pixel × 255
-        return x.astype(np.float32) / np.float32(255.0), y.astype(np.int64)
-    return x.astype(np.float32), y.astype(np.int64)
+        return x.astype(np.float32) / np.float32(255.0), y
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ConfigError(f"{path}: eval images contain NaN or infinite values; {fix}.")
+    return x, y
 
 
 def peak_rss_bytes() -> int | None:
@@ -237,40 +280,68 @@ class _Session:
     def __init__(self, bundle: dict[str, Any], threads: int | None) -> None:
         C = _ort()
         self.C = C
-        d, files = bundle["dir"], bundle["files"]
+        paths = {}
         for role in ("training_model", "eval_model", "optimizer_model", "checkpoint"):
-            if not (d / files[role]).exists():
-                raise ExportError(f"{d / files[role]} is missing; expected the bundle's {role}. "
+            paths[role] = bundle_file(bundle, role)  # confined to the bundle, a regular file
+            if not paths[role].exists():
+                raise ExportError(f"{paths[role]} is missing; expected the bundle's {role}. "
                                   "Re-create the bundle with `edgecond deploy`.")
-        self.state = C.load_checkpoint(str(d / files["checkpoint"]))
-        device = C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
-        options = C.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.module = C.Module(str(d / files["training_model"]), self.state, str(d / files["eval_model"]),
-                               device, options)
-        self.optimizer = C.Optimizer(str(d / files["optimizer_model"]), self.state, device, options)
+            if role != "checkpoint":
+                check_onnx_external_data(paths[role])  # ORT would follow external-data locations
+        try:
+            self.state = C.load_checkpoint(str(paths["checkpoint"]))
+            device = C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
+            options = C.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self.module = C.Module(str(paths["training_model"]), self.state, str(paths["eval_model"]),
+                                   device, options)
+            self.optimizer = C.Optimizer(str(paths["optimizer_model"]), self.state, device, options)
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidArgument, ...)
+            raise ExportError(f"bundle {bundle['dir']}: ONNX Runtime cannot load the training artifacts "
+                              f"({type(exc).__name__}: {str(exc)[:300]}); they are damaged or do not match. "
+                              "Re-create the bundle with `edgecond deploy`.") from None
 
     def set_lr(self, lr: float) -> None:
         self.optimizer.set_learning_rate(float(lr))
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         fetches = self.C.OrtValueVector()
-        self.module.lazy_reset_grad()
-        self.module.train_step([x, y], fetches)
-        self.optimizer.optimizer_step()
-        return float(fetches[0].numpy())
+        try:
+            self.module.lazy_reset_grad()
+            self.module.train_step([x, y], fetches)
+            self.optimizer.optimizer_step()
+            return float(fetches[0].numpy())
+        except Exception as exc:  # ORT's own exception types: the artifacts do not fit the data
+            raise ExportError(f"ONNX Runtime training step failed on a batch {list(x.shape)} ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); the bundle's model does not match its data. Re-create it.") from None
 
     def logits(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         fetches = self.C.OrtValueVector()
-        self.module.eval_step([x, y], fetches)
-        return fetches[1].numpy()
+        try:
+            self.module.eval_step([x, y], fetches)
+            return fetches[1].numpy()
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime eval step failed on a batch {list(x.shape)} ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); the bundle's model does not match its data. Re-create it.") from None
 
     def save(self, checkpoint: Path, inference: Path, logits_name: str) -> None:
-        self.C.save_checkpoint(self.state, str(checkpoint), False)
-        self.module.export_model_for_inferencing(str(inference), [logits_name])
+        """ORT writes into a fresh private directory; the files are then renamed into place, so a
+        symbolic link planted at either name is replaced, never written through."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=".trained-", dir=checkpoint.parent) as tmp:
+            t_ckpt, t_inf = Path(tmp) / checkpoint.name, Path(tmp) / inference.name
+            try:
+                self.C.save_checkpoint(self.state, str(t_ckpt), False)
+                self.module.export_model_for_inferencing(str(t_inf), [logits_name])
+            except Exception as exc:  # ORT's own exception types
+                raise ExportError(f"cannot export the trained model ({type(exc).__name__}: {str(exc)[:300]}); "
+                                  f"check logits_name {logits_name!r} in the manifest.") from None
+            os.replace(t_ckpt, checkpoint)
+            os.replace(t_inf, inference)
 
 
 def _evaluate(session: _Session, x: np.ndarray, y: np.ndarray, batch: int, mean, std) -> tuple[float, float]:
@@ -311,6 +382,7 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
     batch = int(bundle["batch_size"])
 
     x, y = load_training_arrays(bundle)
+    _check_batch_memory(x.shape, batch, crop_pad)
     held_out = load_eval_arrays(bundle)
     session = _Session(bundle, config.threads)
     rng = np.random.default_rng(int(config.seed))
@@ -327,8 +399,13 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
                 xb = augment_batch(xb, rng, crop_pad=crop_pad, flip=flip)
             xb = normalize(xb, mean, std)
             t0 = time.perf_counter()
-            epoch_losses.append(session.train_step(xb, y[idx]))
+            loss = session.train_step(xb, y[idx])
             step_times.append(time.perf_counter() - t0)
+            if not math.isfinite(loss):
+                raise ConfigError(f"training became non-finite (loss {loss}) at epoch {epoch + 1}, step "
+                                  f"{len(epoch_losses) + 1} with lr {lr_at(epoch, epochs, base_lr, schedule)}; "
+                                  "lower --lr or check the manifest's mean/std. Nothing was saved.")
+            epoch_losses.append(loss)
         losses.append(float(np.mean(epoch_losses)))
         if config.verbose:
             print(f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f}", flush=True)
@@ -374,8 +451,19 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
         "files": files,
         "config": asdict(config),
     }
-    (bundle["dir"] / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_file_atomic(bundle["dir"] / METRICS_FILE, (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics
+
+
+def _check_batch_memory(shape: tuple[int, ...], batch: int, crop_pad: int) -> None:
+    """A batch with its padded augmentation copy must fit the decoding budget (EDGECOND_DECODE_BUDGET)."""
+    from edgecond.buffer import decode_budget
+
+    _, c, h, w = shape
+    need = 4 * batch * c * (h * w * 3 + (h + 2 * crop_pad) * (w + 2 * crop_pad))
+    if need > decode_budget():
+        raise ConfigError(f"batch_size {batch} with crop_pad {crop_pad} on {c}x{h}x{w} images would need {need} bytes "
+                          f"per step, above the decoding budget {decode_budget()} (EDGECOND_DECODE_BUDGET).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,14 +472,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an `edgecond deploy` bundle with ONNX Runtime (no PyTorch); writes metrics.json.",
     )
     p.add_argument("bundle", help="bundle directory (contains manifest.json)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the manifest's)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the manifest's)")
-    p.add_argument("--seed", type=int, default=0, help="batch order / augmentation seed (default 0)")
+    from edgecond.commands.checks import float_arg, int_arg
+
+    p.add_argument("--epochs", type=int_arg(1, 100_000), default=None, help="epochs (default: the manifest's)")
+    p.add_argument("--lr", type=float_arg(0.0, 100.0, lo_open=True), default=None,
+                   help="learning rate (default: the manifest's)")
+    p.add_argument("--seed", type=int_arg(0), default=0, help="batch order / augmentation seed (default 0)")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="LR schedule (default: the manifest's)")
     aug = p.add_mutually_exclusive_group()
     aug.add_argument("--augment", dest="augment", action="store_true", default=None, help="force augmentation on")
     aug.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int_arg(1, 4096), default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--no-save", action="store_true", help="do not write the trained checkpoint/inference model")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
     return p

@@ -9,6 +9,7 @@ import json
 import sys
 
 from ..errors import BudgetError
+from .checks import check_output_file, int_arg
 
 
 def register(subparsers) -> None:
@@ -17,10 +18,13 @@ def register(subparsers) -> None:
         help="show a buffer's metadata, bytes per size and accuracy table",
         description="Show a multisize buffer: dataset, method, classes, dtype, factor, IPC, the "
                     "exact file size of every prefix and the measured accuracy per size (if any). "
-                    "The whole digest chain is verified.",
+                    "The whole digest chain is verified; --verify also decodes every rank and checks "
+                    "the pixel values (finite, in [0, 1]) and soft labels (finite).",
     )
     p.add_argument("buffer", metavar="BUFFER", help="buffer file (.safetensors)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--verify", action="store_true",
+                   help="also check decoded values (pixels finite in [0, 1], soft labels finite), rank by rank")
     p.set_defaults(handler=cmd_info)
 
     p = subparsers.add_parser(
@@ -31,7 +35,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("buffer", metavar="BUFFER", help="buffer file (.safetensors)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--ipc", type=int, metavar="N", help="images per class to keep")
+    g.add_argument("--ipc", type=int_arg(1), metavar="N", help="images per class to keep")
     g.add_argument("--max-bytes", metavar="B", help="largest prefix whose file fits B bytes")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file")
     p.add_argument("--lean", "--no-provenance", dest="lean", action="store_true",
@@ -46,14 +50,23 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     buf = MultisizeBuffer.load(args.buffer)
     buf.verify()
+    check = bool(getattr(args, "verify", False))
+    if check:
+        buf.check_values()
+    checked = "digest ok, pixels ok" if check else "digest ok, pixels not checked (--verify)"
     meta = buf.meta
-    sizes = [{"n": n, "bytes": buf.bytes_for(n), "lean_bytes": buf.bytes_for(n, provenance=False),
+    # linear in ranks: header lengths of every n in one pass (never rebuild the header per n)
+    heads = meta.header_sizes()
+    lean_heads = meta.header_sizes(provenance=False)
+    sizes = [{"n": n, "bytes": heads[n - 1] + n * meta.rank_bytes,
+              "lean_bytes": lean_heads[n - 1] + n * meta.rank_bytes,
               "accuracy": meta.accuracy.get(n)} for n in range(1, buf.ipc + 1)]
     if args.json:
         out = meta.to_dict()
         out["file"] = str(args.buffer)
         out["file_bytes"] = buf.bytes_for(buf.ipc)
         out["digest_ok"] = True
+        out["values_checked"] = check
         out["sizes"] = sizes
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -67,7 +80,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         prov = ("  provenance none (a lean slice, or never recorded): its digests equal its parent's "
                 f"first {buf.ipc}, first entry {meta.digests[0]}")
     lines = [
-        f"{args.buffer}: {meta.format} multisize buffer, digest ok ({meta.digest})",
+        f"{args.buffer}: {meta.format} multisize buffer, {checked} ({meta.digest})",
         f"  dataset    {meta.dataset}",
         prov,
         f"  classes    {meta.num_classes}: {', '.join(meta.class_names[:10])}{' ...' if meta.num_classes > 10 else ''}",
@@ -84,8 +97,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"  {'n':>5}  {'bytes':>12}  {'size':>9}  {'header %':>8}  {'lean bytes':>12}  {'lean %':>6}  accuracy")
     for row in sizes:
         n, nbytes, acc = row["n"], row["bytes"], row["accuracy"]
-        head = len(meta.header(n))
-        lean_head = len(meta.header(n, provenance=False))
+        head = heads[n - 1]
+        lean_head = lean_heads[n - 1]
         acc_s = ""
         if acc is not None:
             acc_s = f"{acc['mean'] * 100:.2f}%"
@@ -105,6 +118,7 @@ def cmd_slice(args: argparse.Namespace) -> int:
     from ..buffer import MultisizeBuffer
     from ..units import format_bytes
 
+    check_output_file(args.output, "-o/--output")
     buf = MultisizeBuffer.load(args.buffer)
     keep = not args.lean
     if args.max_bytes is not None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from .checks import check_field_types, check_output_file, float_arg, int_arg
 
 METHOD_HELP = "idc | idm | dm | random | herding | mdc (with --base) (see `edgecond condense --list`)"
 
@@ -54,12 +55,12 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", default=None, help="root folder of dataset files")
     _add_flips(p)
     p.add_argument("--method", default=None, help=METHOD_HELP)
-    p.add_argument("--ipc", type=int, default=10, help="stored images per class N (default 10)")
-    p.add_argument("--factor", type=int, default=None, help="multi-formation factor (default: the preset's)")
+    p.add_argument("--ipc", type=int_arg(1, 47_662), default=10, help="stored images per class N (default 10)")
+    p.add_argument("--factor", type=int_arg(1, 8), default=None, help="multi-formation factor (default: the preset's)")
     p.add_argument("--preset", default="quick", help="quick | paper (default quick)")
-    p.add_argument("--iterations", type=int, default=None, help="outer iterations (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-offset", type=int, default=None, help="which block of real images initialises")
+    p.add_argument("--iterations", type=int_arg(0), default=None, help="outer iterations (default: the preset's)")
+    p.add_argument("--seed", type=int_arg(0), default=0)
+    p.add_argument("--init-offset", type=int_arg(0), default=None, help="which block of real images initialises")
     p.add_argument("--dtype", default=None, help="buffer storage: uint8 (default) | float16 | float32")
     p.add_argument("--hooks", default=None, help="none | mdc (multisize wrapper; same as --method mdc --base METHOD)")
     p.add_argument("--base", default=None,
@@ -67,9 +68,9 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config or method field, e.g. --set inner_steps=20 (repeatable; JSON values)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads (default: all cores)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUTPUT.ckpt)")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="outer iterations between checkpoints")
+    p.add_argument("--checkpoint-every", type=int_arg(1), default=50, help="outer iterations between checkpoints")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.add_argument("--log", default=None, help="JSON-lines log of the losses (default: OUTPUT.log.jsonl)")
@@ -92,11 +93,11 @@ def register(subparsers) -> None:
     _add_flips(p)
     p.add_argument("--sizes", default=None, help="comma list of sizes or 'all' (default 1,2,5,10,... up to N)")
     p.add_argument("--model", default=None, help="evaluation model (default convnet)")
-    p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..K-1; default 3)")
+    p.add_argument("--seeds", type=int_arg(1, 1000), default=3, help="number of training seeds (0..K-1; default 3)")
     p.add_argument("--preset", default="quick", help="quick (300 epochs) | paper (1000 epochs)")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--epochs", type=int_arg(1), default=None, help="override the preset's epochs")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads (default: all cores)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the table as JSON")
     p.add_argument("--write-back", action="store_true", help="store the accuracy table in the buffer")
     p.add_argument("--no-progress", action="store_true")
@@ -115,6 +116,10 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise ConfigError(f"--method is required; expected one of {METHOD_HELP}.")
     if not args.output:
         raise ConfigError("-o/--output is required: the buffer file to write (e.g. -o digits-idc.safetensors).")
+    # every output is checked before the (long) work starts
+    out = check_output_file(args.output, "-o/--output")
+    check_output_file(args.checkpoint or out.with_name(out.name + ".ckpt"), "--checkpoint")
+    check_output_file(args.log or out.with_name(out.name + ".log.jsonl"), "--log")
     from ..data import load_dataset
 
     set_cpu_threads(args.threads)
@@ -129,6 +134,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
     # the one resolver: `--method mdc --base X` and `--method X --hooks mdc` are the same request
     config = condense_preset(args.method, args.preset, dataset, base=args.base, ipc=args.ipc, seed=args.seed,
                              **overrides)
+    _check_config_types(config)
     print(describe_config(config, dataset), file=sys.stderr)
     out = Path(args.output)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
@@ -164,6 +170,20 @@ def describe_config(config, dataset) -> str:
             f"{config.batch_real}, {config.model} width {mk.get('width', '-')} depth {mk.get('depth', '-')}{mdc}")
 
 
+def _check_config_types(config) -> None:
+    """``--set`` values must have their field's type (``--set lr_img=abc`` is refused here, not deep in torch)."""
+    import dataclasses
+
+    from ..condense import METHODS
+
+    check_field_types(config, "--set")
+    cls = METHODS.get(config.method)
+    mc_cls = getattr(cls, "Config", None)
+    if dataclasses.is_dataclass(mc_cls) and isinstance(config.method_config, dict):
+        names = {f.name for f in dataclasses.fields(mc_cls)}
+        check_field_types(mc_cls(**{k: v for k, v in config.method_config.items() if k in names}), "--set")
+
+
 def _sizes(text: str | None, ipc: int) -> list[int]:
     if text is None:
         ladder = [n for n in (1, 2, 5, 10, 20, 50, 100, 200, 500) if n < ipc]
@@ -186,6 +206,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import eval_preset, evaluate_buffer
     from ..utils import set_cpu_threads
 
+    if args.json:
+        check_output_file(args.json, "--json")
     set_cpu_threads(args.threads)
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: expected an integer >= 1.")

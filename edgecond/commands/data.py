@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from .checks import check_output_file, float_arg, int_arg
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--dataset", default="digits", help="dataset name (see `edgecond datasets`); default digits")
     e.add_argument("--ipc", default="1", help="images per class (integer), or 0 / 'all' for the full training set")
-    e.add_argument("--seeds", type=int, default=3, help="number of seeds (0..K-1); default 3")
-    e.add_argument("--seed-offset", type=int, default=0, help="first seed (seeds are OFFSET..OFFSET+K-1)")
+    e.add_argument("--seeds", type=int_arg(1, 1000), default=3, help="number of seeds (0..K-1); default 3")
+    e.add_argument("--seed-offset", type=int_arg(0), default=0, help="first seed (seeds are OFFSET..OFFSET+K-1)")
     e.add_argument("--preset", default="quick", choices=["quick", "paper"], help="evaluation preset")
-    e.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    e.add_argument("--batch-size", type=int, default=None, help="override the training batch size (256)")
+    e.add_argument("--epochs", type=int_arg(1), default=None, help="override the preset's epochs")
+    e.add_argument("--batch-size", type=int_arg(1, 1 << 16), default=None, help="override the training batch size (256)")
     e.add_argument("--model", default=None, help="model name (default convnet; see edgecond.models)")
     e.add_argument("--augment", default=None, help="DiffAugment strategy, or 'none'")
-    e.add_argument("--cutmix-prob", type=float, default=None, help="CutMix probability per batch (default 0.5)")
+    e.add_argument("--cutmix-prob", type=float_arg(0.0, 1.0), default=None, help="CutMix probability per batch (default 0.5)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    e.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads for torch (default: all cores)")
     e.add_argument("--root", default=None, help="root of torchvision datasets")
     e.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     from .condense import _add_flips
@@ -72,6 +73,8 @@ def _write_json(path: str, payload: object) -> None:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from ..data import list_datasets
 
+    if args.json and args.json != "-":
+        check_output_file(args.json, "--json")
     infos = list_datasets(root=args.root)
     width = max(len(i.name) for i in infos)
     for i in infos:
@@ -100,6 +103,8 @@ def parse_ipc(text: str) -> int:
 
 def cmd_evaluate_real(args: argparse.Namespace) -> int:
     ipc = parse_ipc(args.ipc)
+    if args.json and args.json != "-":
+        check_output_file(args.json, "--json")
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}; expected at least 1.")
     import numpy as np

@@ -8,6 +8,7 @@ import argparse
 import json
 
 from ..errors import ConfigError
+from .checks import check_output_dir, float_arg, int_arg
 
 
 def _model_kwargs(text: str | None) -> dict:
@@ -29,11 +30,11 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
                    "exportable: convnet with norm instance/layer/none, mlp)")
     p.add_argument("--model-kwargs", metavar="JSON", default=None,
                    help="model keyword arguments as JSON, e.g. '{\"width\": 32, \"depth\": 3}'")
-    p.add_argument("--batch", type=int, default=32, help="fixed training batch size of the artifacts (default 32)")
+    p.add_argument("--batch", type=int_arg(1, 4096), default=32, help="fixed training batch size of the artifacts (default 32)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
                    help="optimizer baked into the artifacts (default adamw; sgd = plain SGD, no momentum)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default 5e-4)")
-    p.add_argument("--seed", type=int, default=0, help="model initialisation seed (default 0)")
+    p.add_argument("--weight-decay", type=float_arg(0.0), default=5e-4, help="AdamW weight decay (default 5e-4)")
+    p.add_argument("--seed", type=int_arg(0), default=0, help="model initialisation seed (default 0)")
     p.add_argument("--no-check", action="store_true", help="skip the ORT-vs-torch self-checks")
 
 
@@ -63,13 +64,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-bytes", required=True, metavar="B", help="byte budget of the whole bundle")
     p.add_argument("--memory", default=None, metavar="M", help="RAM budget of on-device training")
     _add_model_args(p, "convnet")
-    p.add_argument("--eval-samples", type=int, default=0, metavar="N",
+    p.add_argument("--eval-samples", type=int_arg(0), default=0, metavar="N",
                    help="include N held-out test images of the buffer's dataset (default 0)")
     p.add_argument("--data-root", default=None, help="dataset root (for --eval-samples)")
     p.add_argument("--eval-dataset", default=None, metavar="SPEC",
                    help="dataset of the eval set (default: the buffer's; e.g. imagefolder:/path/to/folder)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs written to the manifest (default 300)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--epochs", type=int_arg(1, 100_000), default=None, help="training epochs written to the manifest (default 300)")
+    p.add_argument("--lr", type=float_arg(0.0, 100.0, lo_open=True), default=None,
                    help="learning rate written to the manifest (default 0.001 adamw, 0.01 sgd)")
     p.add_argument("--no-augment", action="store_true", help="manifest: train without crop/flip")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="bundle directory (new or empty)")
@@ -81,6 +82,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..export import ExportConfig, export_model
 
+    check_output_dir(args.output, "-o/--output")
     data = load_dataset(args.dataset, root=args.data_root)
     result = export_model(
         args.model, data.image_shape, data.num_classes, args.output,
@@ -104,6 +106,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from ..deploy import DeployConfig, deploy
     from ..units import format_bytes, parse_bytes
 
+    check_output_dir(args.output, "-o/--output")
     training: dict = {}
     if args.epochs is not None:
         training["epochs"] = int(args.epochs)

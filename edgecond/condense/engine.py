@@ -30,7 +30,7 @@ from ..errors import CondenseError, ConfigError
 from ..registry import Registry
 from ..utils import make_generator, resolve_device
 from .base import EngineHooks, Matcher, Method, SyntheticSet
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_resume_state, load_checkpoint, save_checkpoint
 
 __all__ = [
     "METHODS",
@@ -424,6 +424,24 @@ class _Logger:
             self.tb.close()
 
 
+def _load_resume_state(state, ckpt_path, syn, opt, matcher, hooks, gen, dev) -> None:
+    """Load a validated checkpoint (``check_resume_state``); any failure is a CondenseError naming the part."""
+    parts = (("images", lambda v: syn.images.copy_(v.to(dev))), ("optimizer", opt.load_state_dict),
+             ("matcher", matcher.load_state_dict), ("hooks", hooks.load_state_dict),
+             ("rng", lambda v: gen.set_state(v["main"])))
+    for name, load in parts:
+        try:
+            with torch.no_grad():
+                load(state[name])
+        except CondenseError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CondenseError(
+                f"checkpoint {str(ckpt_path)!r}: its {name!r} state does not fit this run ({type(exc).__name__}: "
+                f"{str(exc)[:200]}). Resume with the settings that wrote it, or delete it to start from scratch."
+            ) from None
+
+
 def condense(
     dataset,
     config: CondenseConfig,
@@ -498,7 +516,8 @@ def condense(
         raise ConfigError("resume=True needs a checkpoint path (--checkpoint PATH).")
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        diff = _config_diff(state["config"], _jsonable(config))
+        ck_config = state.get("config") if isinstance(state, dict) else None
+        diff = _config_diff(ck_config, _jsonable(config)) if isinstance(ck_config, dict) else []
         if diff:
             detail = "; ".join(f"{key}: checkpoint={state['config'].get(key)!r}, given={_jsonable(config).get(key)!r}"
                                for key in diff)
@@ -506,14 +525,10 @@ def condense(
                 f"checkpoint {str(ckpt_path)!r} was written with a different config ({detail}). "
                 "Resume with the same settings, or start from scratch without --resume (or another --checkpoint)."
             )
-        with torch.no_grad():
-            syn.images.copy_(state["images"].to(dev))
-        opt.load_state_dict(state["optimizer"])
-        matcher.load_state_dict(state["matcher"])
-        hooks.load_state_dict(state["hooks"])
-        gen.set_state(state["rng"]["main"])
+        start = check_resume_state(state, ckpt_path, iterations=config.iterations,
+                                   images_shape=tuple(syn.images.shape), images_dtype=syn.images.dtype)
+        _load_resume_state(state, ckpt_path, syn, opt, matcher, hooks, gen, dev)
         history = {key: list(v) for key, v in state["history"].items()}
-        start = int(state["iteration"])
         log.info("resumed from %s at iteration %d", ckpt_path, start)
 
     def save(next_iteration: int) -> None:
