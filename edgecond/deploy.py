@@ -383,3 +383,8 @@ def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:
                           "Re-create the bundle with `edgecond deploy`.")
     manifest["dir"] = d
     return manifest
+
+
+from ._api import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "deploy")  # `from edgecond import deploy; deploy(buffer, out, config)`

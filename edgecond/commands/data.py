@@ -112,12 +112,12 @@ def cmd_evaluate_real(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, root=args.root, download=args.download)
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     log.info("dataset %r; config %s; device %s; %d threads", dataset, config.to_dict(), device, threads)
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     t0 = time.perf_counter()
     accs, per_seed = [], []
-    bar = tqdm(seeds, desc=f"evaluate-real {dataset.name} ipc={ipc or 'all'}", unit="seed",
-               disable=args.no_progress, dynamic_ncols=True)
+    bar = progress_bar(seeds, desc=f"evaluate-real {dataset.name} ipc={ipc or 'all'}", unit="seed",
+                       disable=args.no_progress)
     for s in bar:
         if ipc:
             x, y = dataset.subset_per_class(ipc, seed=s)

@@ -527,10 +527,10 @@ def condense(
         })
 
     logger = _Logger(log_path, tensorboard_dir, start)
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    bar = tqdm(total=config.iterations, initial=min(start, config.iterations), disable=not progress,
-               desc=f"condense {config.method}", unit="it", dynamic_ncols=True)
+    bar = progress_bar(total=config.iterations, initial=min(start, config.iterations), disable=not progress,
+                       desc=f"condense {config.method}", unit="it")
     run_seconds: list[float] = []
     try:
         for t in range(start, config.iterations):
