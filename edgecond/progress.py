@@ -14,15 +14,29 @@ mode: their outer loop reports. ``EDGECOND_PROGRESS=bar|log|off`` forces a mode.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import sys
 import time
 from typing import Any, Iterable, Iterator
 
-__all__ = ["progress_bar", "progress_mode", "LogProgress"]
+__all__ = ["progress_bar", "progress_mode", "progress_label", "LogProgress"]
 
 log = logging.getLogger(__name__)
+_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("edgecond_progress_label", default="")
+
+
+@contextlib.contextmanager
+def progress_label(label: str) -> Iterator[None]:
+    """Prefix the description of every bar created inside the block, e.g. ``"experience 2/5"``
+    (so five condensations in a row read "experience 1/5 · condense idm", ...)."""
+    token = _LABEL.set(f"{_LABEL.get()}{label} · ")
+    try:
+        yield
+    finally:
+        _LABEL.reset(token)
 
 
 def progress_mode() -> str:
@@ -135,12 +149,15 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
 
     ``disable=True`` (or ``EDGECOND_PROGRESS=off``) returns a silent object with the same methods.
     """
+    desc = f"{_LABEL.get()}{desc}"
     mode = progress_mode()
     if disable or mode == "off":
         return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, silent=True)
     if mode == "bar":
-        from tqdm.auto import tqdm
-
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # a core (device) install has no tqdm: log lines instead
+            return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, silent=not leave)
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave,
                     dynamic_ncols=True)
     return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, silent=not leave)
