@@ -104,7 +104,8 @@ def condensed_replay(
     quick preset by default; cached under ``cache_dir``), and plugs a :class:`CondensedBuffer`
     of ``mem_size`` items into a ``ReplayPlugin``. ``budgets`` (an int, a list with one budget per
     experience, or an :mod:`edgecond.budget` trace) adds a :class:`MemoryBudgetPlugin`.
-    ``optimizer`` defaults to SGD (lr 0.01, momentum 0.9), ``criterion`` to cross-entropy.
+    ``optimizer`` defaults to SGD (lr 0.05, momentum 0.9: benchmarks/continual.py's; 0.01
+    underfits a from-scratch ConvNet in a few hundred steps), ``criterion`` to cross-entropy.
     """
     import torch
     from avalanche.training.plugins import ReplayPlugin
@@ -130,7 +131,7 @@ def condensed_replay(
         kwargs["evaluator"] = evaluator
     strategy = Naive(
         model=model,
-        optimizer=optimizer or torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+        optimizer=optimizer or torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
         criterion=criterion or torch.nn.CrossEntropyLoss(),
         train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
         device=device, plugins=all_plugins, **kwargs,
