@@ -107,3 +107,21 @@ def test_device_venv_runs_edgecond_and_the_edge_trainer(tmp_path):
     r = subprocess.run([str(py), "-m", "edgecond", "info", str(tmp_path / "digits.safetensors")], cwd=work,
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and "digest ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_trained_inference_model_has_a_dynamic_batch_axis(tmp_path):
+    """Training artifacts stay fixed-batch; the eval model and the trainer's inference model do not."""
+    import onnxruntime
+
+    bundle = _device_bundle(tmp_path)
+    from clients.edge.train import EdgeTrainConfig, train_bundle
+
+    metrics = train_bundle(bundle, EdgeTrainConfig(threads=1, verbose=False))
+    sess = onnxruntime.InferenceSession(str(bundle / metrics["files"]["inference_model"]),
+                                        providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[0] == "batch"
+    outs = [sess.run(["logits"], {"input": np.zeros((n, 1, 8, 8), np.float32)})[0].shape for n in (1, 5, 40)]
+    assert outs == [(1, 10), (5, 10), (40, 10)]
+    import onnx  # the training graph keeps its fixed batch of 16
+
+    assert onnx.load(str(bundle / "training_model.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 16

@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the datasets edgecond can load and where it reads them from",
         description="List registered datasets, where each is read from and whether its files are present.",
     )
-    p.add_argument("--root", default=None, help="root of torchvision datasets (default: $EDGECOND_DATA or "
-                                                "~/.cache/edgecond/datasets)")
+    p.add_argument("--data-root", "--root", dest="root", default=None,
+                   help="root folder of dataset files (default: $EDGECOND_DATA or ~/.cache/edgecond/datasets)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the list as JSON ('-' = stdout)")
     p.set_defaults(handler=cmd_datasets)
 
@@ -32,10 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="random real images per class → test accuracy (the 'random' baseline)",
         description="Pick IPC random real training images per class (per seed), train a fresh model with the "
                     "evaluation protocol (SGD 0.01/0.9/5e-4, step decay at 2/3 and 5/6, DSA + CutMix) and "
-                    "report test accuracy mean ± std over the seeds. --ipc 0 or 'all' uses the full training set.",
+                    "report test accuracy mean ± std over the seeds. --ipc all uses the full training set.",
     )
     e.add_argument("--dataset", default="digits", help="dataset name (see `edgecond datasets`); default digits")
-    e.add_argument("--ipc", default="1", help="images per class (integer), or 0 / 'all' for the full training set")
+    e.add_argument("--ipc", default="1", help="images per class (an integer >= 1), or 'all' for the full training set")
     e.add_argument("--seeds", type=int, default=3, help="number of seeds (0..K-1); default 3")
     e.add_argument("--seed-offset", type=int, default=0, help="first seed (seeds are OFFSET..OFFSET+K-1)")
     e.add_argument("--preset", default="quick", choices=["quick", "paper"], help="evaluation preset")
@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--augment", default=None, help="DiffAugment strategy, or 'none'")
     e.add_argument("--cutmix-prob", type=float, default=None, help="CutMix probability per batch (default 0.5)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
-    e.add_argument("--root", default=None, help="root of torchvision datasets")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: $OMP_NUM_THREADS, else all cores)")
+    e.add_argument("--data-root", "--root", dest="root", default=None, help="root folder of dataset files")
     e.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     e.add_argument("--json", default=None, metavar="PATH", help="write the result (mean, std, per seed, config) "
                                                               "as JSON")
@@ -81,16 +81,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def parse_ipc(text: str) -> int:
-    """'all' / '0' → 0 (full set); a positive integer otherwise."""
+    """'all' → 0 (the full training set); an integer >= 1 otherwise (0 is refused, as in
+    ``edgecond condense``: a silent full-set run takes minutes where 0 images were meant)."""
     t = str(text).strip().lower()
-    if t in ("all", "full", "0"):
+    if t in ("all", "full"):
         return 0
     try:
         n = int(t)
     except ValueError:
-        raise ConfigError(f"--ipc {text!r} is not an integer; expected a positive integer, or 0 / 'all'.") from None
-    if n < 0:
-        raise ConfigError(f"--ipc {n} is negative; expected a positive integer, or 0 / 'all' for the full set.")
+        raise ConfigError(f"--ipc {text!r} is not an integer; expected an integer >= 1, or 'all'.") from None
+    if n < 1:
+        raise ConfigError(f"--ipc {n}: expected an integer >= 1 images per class, or 'all' for the full "
+                          "training set.")
     return n
 
 
