@@ -33,7 +33,7 @@ def test_core_dependencies_are_the_device_part_and_test_pulls_everything():
     assert any(d.startswith("flwr") for d in extras["flower"])
     assert any(d.startswith("avalanche-lib") for d in extras["avalanche"])
     assert extras["all"] == ["edgecond[torch,flower,avalanche]"]
-    assert "edgecond[all]" in extras["test"]  # `make test` installs .[test]: everything the suite needs
+    assert "edgecond[all,docs]" in extras["test"]  # `make test` installs .[test]: everything the suite needs
 
 
 def test_apps_are_importable_under_the_edgecond_namespace():
@@ -125,3 +125,21 @@ def test_trained_inference_model_has_a_dynamic_batch_axis(tmp_path):
     import onnx  # the training graph keeps its fixed batch of 16
 
     assert onnx.load(str(bundle / "training_model.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 16
+
+
+@pytest.mark.slow
+def test_make_docs_api_builds_the_reference(tmp_path):
+    """The `make docs-api` command (its module list read from the Makefile) builds with pdoc."""
+    pytest.importorskip("pdoc")
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    modules = next(line.split(":=", 1)[1].split() for line in text.splitlines() if line.startswith("DOCS_MODULES"))
+    recipe = next(line.strip() for line in text.splitlines() if "-m pdoc" in line)
+    assert "$(DOCS_MODULES)" in recipe
+    r = subprocess.run([sys.executable, "-m", "pdoc", "--docformat", "restructuredtext", "-o", str(tmp_path), *modules],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = (tmp_path / "edgecond" / "buffer.html").read_text()
+    assert "MultisizeBuffer" in page and "slice_to" in page
+    assert (tmp_path / "index.html").is_file() and (tmp_path / "edgecond" / "apps" / "avalanche.html").is_file()
+    assert "condensed_replay" in (tmp_path / "edgecond" / "apps" / "avalanche.html").read_text()
