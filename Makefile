@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean-venv bench-quick
+.PHONY: demo test venv clean-venv bench-quick docs-api
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# API reference from the docstrings (pdoc): out/docs-api/index.html
+DOCS_MODULES := edgecond edgecond.buffer edgecond.budget edgecond.units edgecond.errors edgecond.data \
+	edgecond.models edgecond.condense edgecond.evaluate edgecond.show edgecond.progress edgecond.export \
+	edgecond.deploy edgecond.continual edgecond.federated edgecond.apps edgecond.apps.edge \
+	edgecond.apps.avalanche edgecond.apps.flower_client edgecond.apps.flower_server
+docs-api: $(STAMP)
+	$(PY) -m pdoc --docformat restructuredtext -o out/docs-api $(DOCS_MODULES)
 
 clean-venv:
 	rm -rf $(VENV)

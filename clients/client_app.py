@@ -92,7 +92,7 @@ def query(msg: Message, context: Context) -> Message:
     trace = parse_trace(str(context.node_config.get("budget-trace", cfg.budget_trace)))
     cache = PrefixCache.from_state(context.state)
     budget = int(trace.budget(pid, _round(msg)))
-    return Message(make_budget_reply(budget, cache.ipc, cache.digest), reply_to=msg)
+    return Message(make_budget_reply(budget, cache.ipc, cache.digest, partition=pid), reply_to=msg)
 
 
 @app.train()
@@ -116,7 +116,7 @@ def train(msg: Message, context: Context) -> Message:
         indices=_indices(context, cfg, pid, num),
     )
     cache.to_state(context.state)
-    metrics = MetricRecord({"num-examples": result.num_examples, **result.metrics})
+    metrics = MetricRecord({"num-examples": result.num_examples, "partition-id": pid, **result.metrics})
     arrays = ArrayRecord({k: Array(v) for k, v in result.arrays.items()})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 

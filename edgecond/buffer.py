@@ -1498,6 +1498,7 @@ def _write_pieces(dest: PathOrStream, pieces: Sequence[Any]) -> int:
         with os.fdopen(fd, "wb") as f:
             for p in pieces:
                 f.write(p)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a saved buffer is 0644 under umask 022
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -1506,6 +1507,13 @@ def _write_pieces(dest: PathOrStream, pieces: Sequence[Any]) -> int:
             pass
         raise
     return total
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_meta(path: str | os.PathLike | IO[bytes]) -> BufferMeta:

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgecond.commands.data",       # datasets, evaluate-real
     "edgecond.commands.condense",   # condense, evaluate
     "edgecond.commands.buffer",     # info, slice
+    "edgecond.commands.show",       # show (image grid PNG)
     "edgecond.commands.export",     # export, deploy
 )
 

@@ -423,7 +423,10 @@ def condense_classes(
         return MultisizeBuffer.load(path, mmap=False)
     log.info("continual: condensing classes %s with %s/%s ipc=%d -> %s", classes, config.method,
              config.hooks, config.ipc, path)
-    result = condense(sub, resolved, device=device, progress=progress)
+    from .progress import progress_label
+
+    with progress_label(f"classes {classes}"):
+        result = condense(sub, resolved, device=device, progress=progress)
     buf = result.buffer
     meta = buf.meta
     extra = dict(getattr(meta, "extra", {}) or {})

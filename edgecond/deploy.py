@@ -198,8 +198,11 @@ def _buffer_facts(buf) -> dict[str, Any]:
     }
 
 
-def deploy(buffer_path: str | os.PathLike, out_dir: str | os.PathLike, config: DeployConfig) -> DeployResult:
+def deploy(buffer_path: str | os.PathLike, out_dir: str | os.PathLike, config: DeployConfig, *,
+           progress: bool = True) -> DeployResult:
     """Build a bundle in ``out_dir`` (created; must be empty or absent) from the buffer file.
+
+    ``progress``: the export's steps as a bar (or log lines when stderr is not a terminal).
 
     Raises :class:`BudgetError` when even a 1-rank slice does not fit next to the artifacts,
     :class:`ExportError` for a model that cannot be exported.
@@ -221,7 +224,10 @@ def deploy(buffer_path: str | os.PathLike, out_dir: str | os.PathLike, config: D
     training = _training_settings(config, facts)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _deploy(buf, buffer_path, out, config, facts, training)
+        from .progress import progress_label
+
+        with progress_label("deploy"):
+            return _deploy(buf, buffer_path, out, config, facts, training, progress=progress)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # never leave a half-written bundle
         raise
@@ -253,7 +259,7 @@ def _training_settings(config: DeployConfig, facts: dict[str, Any]) -> dict[str,
 
 
 def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, Any],
-            training: dict[str, Any]) -> DeployResult:
+            training: dict[str, Any], *, progress: bool = True) -> DeployResult:
     from .budget import MemoryModel, ipc_for_memory, memory_for
     from .export import ExportConfig, export_model
 
@@ -265,6 +271,7 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
             config.model, shape, facts["num_classes"], tmp, model_kwargs=config.model_kwargs, seed=config.seed,
             config=ExportConfig(batch_size=config.batch_size, optimizer=config.optimizer,
                                 weight_decay=config.weight_decay, check=config.check, inference=False),
+            progress=progress,
         )
         for name in _ARTIFACTS.values():
             shutil.move(str(Path(tmp) / name), str(out / name))
@@ -346,7 +353,8 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
                 f"slice {one} B more")
         raise BudgetError(
             f"no slice of {buffer_path} fits {what}. Expected a budget of at least ~{fixed + one + 4096} B; fix: "
-            "raise --max-bytes/--memory, use a smaller model (--model mlp, or --width), or drop --eval-samples."
+            "raise --max-bytes/--memory, use a smaller model (--model mlp, or --model-kwargs "
+            "'{\"width\": 16}'), or drop --eval-samples."
         )
 
     # The device gets a lean slice: method config, accuracy table and MLS history stay with the
@@ -620,3 +628,8 @@ def _walk_onnx(buf: memoryview, kind: str, depth: int) -> None:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         if i > end:
             raise ValueError("truncated message")
+
+
+from ._api import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "deploy")  # `from edgecond import deploy; deploy(buffer, out, config)`

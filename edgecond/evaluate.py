@@ -30,6 +30,7 @@ from .data import ImageDataset
 from .errors import ConfigError
 from .facts import without_flip
 from .models import build_model
+from .progress import progress_bar
 from .utils import make_generator, resolve_device
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "train_and_test",
     "evaluate_seeds",
     "evaluate_buffer",
+    "evaluate_random_real",
     "EvalResult",
     "SizeResult",
 ]
@@ -182,10 +184,8 @@ def train_model(
                       single_op=config.single_op)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(config.epochs), desc=f"train seed {seed}", disable=not progress, leave=False,
-               unit="ep", dynamic_ncols=True)
+    bar = progress_bar(range(config.epochs), desc=f"train seed {seed}", disable=not progress, leave=False,
+                       unit="ep")
     model.train()
     for epoch in bar:
         lr = lr_for_epoch(epoch, config.epochs, config.lr)
@@ -295,20 +295,30 @@ def evaluate_seeds(
     device: str | torch.device = "cpu",
     progress: bool = True,
     soft_targets: torch.Tensor | None = None,
+    bar: Any = None,
+    label: str = "",
 ) -> EvalResult:
-    """:func:`train_and_test` once per seed; mean ± std of the test accuracies."""
+    """:func:`train_and_test` once per seed; mean ± std of the test accuracies.
+
+    ``bar``: an outer progress bar (:func:`edgecond.progress.progress_bar`) advanced once per seed
+    instead of a bar of its own; ``label`` names the set in its postfix (e.g. ``"size 3/10"``).
+    """
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("seeds is empty; expected at least one seed (e.g. [0, 1, 2]).")
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     accs: list[float] = []
-    bar = tqdm(seeds, desc=f"evaluate {dataset.name}", disable=not progress, unit="seed", dynamic_ncols=True)
-    for s in bar:
+    own = bar is None
+    if own:
+        bar = progress_bar(total=len(seeds), desc=f"evaluate {dataset.name}", disable=not progress, unit="seed")
+    for i, s in enumerate(seeds):
         accs.append(train_and_test(x_train, y_train, dataset, config, seed=s, device=device, progress=progress,
                                    soft_targets=soft_targets))
-        bar.set_postfix(acc=f"{100 * np.mean(accs):.2f}%")
+        head = f"{label} " if label else ""
+        bar.set_postfix_str(f"{head}seed {i + 1}/{len(seeds)}, acc {100 * np.mean(accs):.2f}%")
+        bar.update(1)
+    if own:
+        bar.close()
     return EvalResult(mean=float(np.mean(accs)), std=float(np.std(accs)), accuracies=accs, seeds=seeds,
                       config=config.to_dict(), seconds=time.perf_counter() - t0)
 
@@ -336,19 +346,63 @@ def evaluate_buffer(
             f"buffer has {buffer.num_classes} classes but dataset {dataset.name!r} has {dataset.num_classes}; "
             "evaluate a buffer against the dataset it was condensed from."
         )
-    out: list[SizeResult] = []
+    sizes = [int(n) for n in sizes]
+    seeds = [int(s) for s in seeds]
     for n in sizes:
-        n = int(n)
         if not 1 <= n <= int(buffer.ipc):
             raise ConfigError(f"size {n} is outside the buffer's 1..{buffer.ipc} images per class.")
-        x, y = buffer.training_arrays(n)
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
-        soft = _buffer_soft_targets(buffer, n) if use_soft_labels else None
-        res = evaluate_seeds(xt, yt, dataset, config, seeds=seeds, device=device, progress=progress,
-                             soft_targets=soft)
-        out.append(SizeResult(size=n, bytes=int(buffer.bytes_for(n)), mean=res.mean, std=res.std,
-                              accuracies=res.accuracies, seeds=res.seeds, seconds=res.seconds))
+    out: list[SizeResult] = []
+    bar = progress_bar(total=len(sizes) * len(seeds), desc=f"evaluate {dataset.name} (sizes x seeds)",
+                       disable=not progress, unit="run")
+    try:
+        for k, n in enumerate(sizes):
+            x, y = buffer.training_arrays(n)
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+            soft = _buffer_soft_targets(buffer, n) if use_soft_labels else None
+            res = evaluate_seeds(xt, yt, dataset, config, seeds=seeds, device=device, progress=progress,
+                                 soft_targets=soft, bar=bar, label=f"size {n} ({k + 1}/{len(sizes)})")
+            out.append(SizeResult(size=n, bytes=int(buffer.bytes_for(n)), mean=res.mean, std=res.std,
+                                  accuracies=res.accuracies, seeds=res.seeds, seconds=res.seconds))
+    finally:
+        bar.close()
+    return out
+
+
+def evaluate_random_real(
+    dataset: ImageDataset,
+    config: EvalConfig,
+    *,
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[SizeResult]:
+    """The random-real baseline beside a buffer: for every size ``n`` and seed ``s``, ``n`` random
+    real training images per class (drawn with seed ``s``: :meth:`ImageDataset.subset_per_class`),
+    trained from scratch with seed ``s``. ``bytes`` is their raw uint8 pixel size."""
+    sizes = [int(n) for n in sizes]
+    seeds = [int(s) for s in seeds]
+    if not sizes or not seeds:
+        raise ConfigError(f"sizes={sizes}, seeds={seeds}; expected at least one of each.")
+    pixels = int(np.prod(dataset.image_shape)) * dataset.num_classes
+    out: list[SizeResult] = []
+    bar = progress_bar(total=len(sizes) * len(seeds), desc=f"random real {dataset.name} (sizes x seeds)",
+                       disable=not progress, unit="run")
+    try:
+        for k, n in enumerate(sizes):
+            t0 = time.perf_counter()
+            accs = []
+            for i, s in enumerate(seeds):
+                x, y = dataset.subset_per_class(n, seed=s)
+                accs.append(train_and_test(x, y, dataset, config, seed=s, device=device, progress=progress))
+                bar.set_postfix_str(f"size {n} ({k + 1}/{len(sizes)}) seed {i + 1}/{len(seeds)}, "
+                                    f"acc {100 * np.mean(accs):.2f}%")
+                bar.update(1)
+            out.append(SizeResult(size=n, bytes=n * pixels, mean=float(np.mean(accs)), std=float(np.std(accs)),
+                                  accuracies=accs, seeds=seeds, seconds=time.perf_counter() - t0))
+    finally:
+        bar.close()
     return out
 
 

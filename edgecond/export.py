@@ -17,8 +17,9 @@ What the export does about ONNX Runtime training's traps (see ``docs/on-device.m
   ``GroupNorm(C, C)``) swapped for :class:`PrimitiveGroupNorm`, the same computation written with
   ReduceMean/Sub/Mul/Sqrt/Div (numerically equal; the parameter names stay the same, so the
   checkpoint's names are the torch ``state_dict`` names). The caller's model is never modified.
-* the artifacts have a **fixed batch size** (``ExportConfig.batch_size``); the edge trainer fills
-  its last batch (see ``clients/edge/train.py``).
+* the training artifacts have a **fixed batch size** (``ExportConfig.batch_size``); the edge
+  trainer fills its last batch (see ``clients/edge/train.py``). The eval model is generated from
+  the dynamic-batch graph, so it and the trainer's ``trained_inference.onnx`` accept any batch.
 * the dynamo exporter is called with ``optimize=False`` so initializers are neither folded nor
   merged: each trainable parameter stays one named initializer (checked).
 * onnx ≥ 1.18 writes the optimizer model with IR version 14, which ORT 1.19 cannot read: it is
@@ -35,6 +36,7 @@ import copy
 import io
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -564,9 +566,12 @@ def export_training_artifacts(
     config: ExportConfig | None = None,
     seed: int = 0,
     model_info: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> ExportResult:
     """Write ORT training artifacts (and, with ``config.inference``, ``inference.onnx``) for
     ``model`` into ``out_dir``, check them against torch, and write ``export.json``.
+
+    ``progress``: one bar over the export steps (log lines when stderr is not a terminal).
 
     The checkpoint holds the weights of ``model`` as given (so a torch run from the same
     initialisation is reproducible); parameter names are ``model.state_dict()`` names.
@@ -590,22 +595,47 @@ def export_training_artifacts(
     param_names = [n for n, _ in net.named_parameters()]
     check = ExportCheck()
     files: dict[str, str] = dict(ARTIFACT_FILES)
-    with _scratch(out) as scratch:
-        base_path = export_onnx(net, shape, scratch / "base.onnx", batch_size=config.batch_size,
-                                opset=config.opset, exportable=True)
+    from .progress import progress_bar
+
+    steps = 2 + bool(config.inference) + int(config.check) * (2 + bool(config.inference))
+    bar = progress_bar(total=steps, desc=f"export {(model_info or {}).get('name', type(model).__name__)}",
+                       unit="step", disable=not progress)
+
+    def step(done: str) -> None:
+        bar.set_postfix_str(done)
+        bar.update(1)
+
+    try:
+        with _scratch(out) as scratch:
+            base_path = export_onnx(net, shape, scratch / "base.onnx", batch_size=config.batch_size,
+                                    opset=config.opset, exportable=True)
+            step("training graph exported")
+            if config.check:
+                _onnx_check(base_path)
+                check.checker = True
+                step("onnx.checker ok")
+            _generate(base_path, out, param_names, config)
+            # the same graph with a dynamic batch axis: it gives the eval model (so the trainer's
+            # export_model_for_inferencing writes a dynamic-batch model) and inference.onnx
+            dyn_path = export_onnx(net, shape, scratch / "dynamic.onnx", opset=config.opset, exportable=True)
+            _dynamic_eval_model(dyn_path, out, scratch / "dynamic", param_names, config)
+            step("ORT training artifacts written")
+            if config.inference:
+                inf_path = out / INFERENCE_FILE
+                shutil.copyfile(dyn_path, inf_path)
+                files["inference_model"] = INFERENCE_FILE
+                step("inference model exported")
+        if config.inference:
+            if config.check:
+                check.inference_max_abs = check_inference(model, inf_path, shape, atol=config.atol, seed=seed)
+                step("inference checked against torch")
         if config.check:
-            _onnx_check(base_path)
-            check.checker = True
-        _generate(base_path, out, param_names, config)
-    if config.inference:
-        inf_path = export_onnx(net, shape, out / INFERENCE_FILE, opset=config.opset, exportable=True)
-        files["inference_model"] = INFERENCE_FILE
-        if config.check:
-            check.inference_max_abs = check_inference(model, inf_path, shape, atol=config.atol, seed=seed)
-    if config.check:
-        step = _check_training_step(net, out, shape, int(num_classes), config, seed)
-        step.checker, step.inference_max_abs = check.checker, check.inference_max_abs
-        check = step
+            train_check = _check_training_step(net, out, shape, int(num_classes), config, seed)
+            train_check.checker, train_check.inference_max_abs = check.checker, check.inference_max_abs
+            check = train_check
+            step("training step checked against torch")
+    finally:
+        bar.close()
     sizes = {role: (out / name).stat().st_size for role, name in files.items()}
     result = ExportResult(
         directory=out,
@@ -627,6 +657,24 @@ def export_training_artifacts(
                 logits_name=LOGITS_NAME, versions=_versions())
     (out / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return result
+
+
+def _dynamic_eval_model(dyn_path: Path, out: Path, scratch: Path, param_names: list[str],
+                        config: ExportConfig) -> None:
+    """Replace ``out``'s eval model by one generated from the dynamic-batch graph.
+
+    The training, optimizer and checkpoint artifacts keep the fixed batch (ORT on-device training
+    needs it); the eval model (same parameter names, no weights inside) accepts any batch, and so
+    does the inference model the trainer derives from it. When ORT cannot build it, the fixed
+    eval model stays and a warning says so.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        _generate(dyn_path, scratch, param_names, config)
+    except ExportError as exc:
+        log.warning("kept a fixed-batch eval model (the dynamic one failed: %s)", exc)
+        return
+    shutil.copyfile(scratch / ARTIFACT_FILES["eval_model"], out / ARTIFACT_FILES["eval_model"])
 
 
 @contextlib.contextmanager
@@ -653,6 +701,7 @@ def export_model(
     model_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
     config: ExportConfig | None = None,
+    progress: bool = True,
 ) -> ExportResult:
     """Build registry model ``name`` (initialised with ``seed``) and export its artifacts.
 
@@ -665,7 +714,7 @@ def export_model(
     model = build_model(name, image_shape, num_classes, seed=seed, **kwargs)
     info = {"name": name, "kwargs": kwargs, "seed": int(seed)}
     return export_training_artifacts(model, image_shape, num_classes, out_dir, config=config,
-                                     seed=seed, model_info=info)
+                                     seed=seed, model_info=info, progress=progress)
 
 
 def read_export_info(directory: str | Path) -> dict[str, Any]:

@@ -41,6 +41,7 @@ __all__ = [
     "buffer_identity",
     "BudgetReply",
     "make_budget_reply",
+    "reply_partition",
     "validate_budget_reply",
     "TransferPlan",
     "plan_transfer",
@@ -70,7 +71,7 @@ CACHE_META_RECORD = "edgecond-cache-meta"
 
 #: A budget reply record larger than this (keys + values, in bytes) is rejected as oversized.
 MAX_REPLY_RECORD_BYTES = 1024
-_REPLY_KEYS = {"bytes", "have", "digest"}
+_REPLY_KEYS = {"bytes", "have", "digest", "partition"}
 BUFFER_MODES = ("mix", "warmup", "off")
 
 
@@ -330,13 +331,24 @@ class BudgetReply:
     digest: str = ""
 
 
-def make_budget_reply(budget: int, have: int = 0, digest: str = ""):
-    """The client's reply content to a budget query (a Flower ``RecordDict``)."""
+def make_budget_reply(budget: int, have: int = 0, digest: str = "", partition: int | None = None):
+    """The client's reply content to a budget query (a Flower ``RecordDict``). ``partition``: the
+    client's partition id, which the server uses to name it in logs and ``metrics.json``."""
     from flwr.app import ConfigRecord, RecordDict
 
-    return RecordDict(
-        {QUERY_RECORD: ConfigRecord({"bytes": int(budget), "have": int(have), "digest": str(digest)})}
-    )
+    record = {"bytes": int(budget), "have": int(have), "digest": str(digest)}
+    if partition is not None:
+        record["partition"] = int(partition)
+    return RecordDict({QUERY_RECORD: ConfigRecord(record)})
+
+
+def reply_partition(content) -> int | None:
+    """The partition id a budget reply names (``None`` when absent or malformed; never raises)."""
+    try:
+        value = content[QUERY_RECORD].get("partition")
+    except Exception:  # noqa: BLE001 - a malformed reply is validate_budget_reply's to report
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def validate_budget_reply(content, *, max_budget: int, ipc: int) -> BudgetReply:
@@ -344,7 +356,7 @@ def validate_budget_reply(content, *, max_budget: int, ipc: int) -> BudgetReply:
 
     ``content`` is the reply's ``RecordDict``. Accepted: exactly one ``ConfigRecord`` named
     ``"budget"`` with an int ``bytes`` in ``[0, max_budget]``, optionally an int ``have`` in
-    ``[0, ipc]`` and a str ``digest``; the record's size at most ``MAX_REPLY_RECORD_BYTES``.
+    ``[0, ipc]``, a str ``digest`` and an int ``partition`` >= 0; the record's size at most ``MAX_REPLY_RECORD_BYTES``.
     """
     try:
         names = list(content.keys())
@@ -403,6 +415,10 @@ def validate_budget_reply(content, *, max_budget: int, ipc: int) -> BudgetReply:
         raise FederatedError(
             f"budget reply 'digest' = {digest!r:.40}; expected the buffer id string the server sent."
         )
+    partition = record.get("partition")
+    if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int) or partition < 0):
+        raise FederatedError(f"budget reply 'partition' = {partition!r}; expected the client's partition id "
+                             "(an int >= 0).")
     return BudgetReply(budget=int(budget), have=int(have), digest=digest)
 
 

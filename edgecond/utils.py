@@ -61,7 +61,17 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
 
 
 def set_cpu_threads(threads: int | None = None) -> int:
-    """Use ``threads`` (default: all cores) for CPU work; returns the number set. CLI-only."""
-    n = threads or os.cpu_count() or 1
+    """Use ``threads`` for CPU work (default: ``$OMP_NUM_THREADS`` when set, else all cores);
+    returns the number set. CLI-only."""
+    n = threads or _omp_threads() or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
+
+
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive int, or ``None`` when unset or not a number."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", "").strip() or 0)
+    except ValueError:
+        return None
+    return n if n > 0 else None

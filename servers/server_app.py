@@ -32,6 +32,7 @@ from edgecond.federated import (
     Shipper,
     buffer_identity,
     config_from_run_config,
+    reply_partition,
     short_reason,
 )
 from servers.condense_job import ensure_buffer
@@ -72,6 +73,12 @@ class ShippingStrategy(Strategy):
         self.shipper = shipper
         self.query_timeout = float(query_timeout)
         self._sent: dict[int, set[int]] = {}
+        self._names: dict[int, str] = {}  # Flower node id -> partition id (from budget replies)
+
+    def client_name(self, node: int) -> str:
+        """How logs and metrics.json name a client: its partition id once it has said it
+        (``fault-crash`` and ``--node-config`` use partition ids), else ``node-<id>``."""
+        return self._names.get(node, f"node-{node}")
 
     # -- training: query budgets, then one RecordDict per client ----------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -87,6 +94,10 @@ class ShippingStrategy(Strategy):
         replies = {r.metadata.src_node_id: r for r in
                    grid.send_and_receive(queries, timeout=self.query_timeout)}
         out = []
+        for node, r in replies.items():
+            pid = None if r.has_error() else reply_partition(r.content)
+            if pid is not None:
+                self._names[node] = str(pid)
         for m in planned:
             node = m.metadata.dst_node_id
             reply = replies.get(node)
@@ -97,9 +108,9 @@ class ShippingStrategy(Strategy):
             else:
                 error = None
             if error is not None:
-                self.shipper.ledger.record_failure(server_round, str(node), "query", error)
+                self.shipper.ledger.record_failure(server_round, self.client_name(node), "query", error)
             _, _, records = self.shipper.handle(
-                server_round, str(node), None if error else reply.content, error=error)
+                server_round, self.client_name(node), None if error else reply.content, error=error)
             content = RecordDict({**dict(m.content.items()), **records})  # a fresh dict per client
             out.append(Message(content, dst_node_id=node, message_type=m.metadata.message_type))
         self._sent[server_round] = {m.metadata.dst_node_id for m in out}
@@ -110,16 +121,18 @@ class ShippingStrategy(Strategy):
         for r in replies:
             if r.has_error():
                 node = r.metadata.src_node_id
-                log.warning("round %s: client %s failed in training: %s", server_round, node,
+                log.warning("round %s: client %s failed in training: %s", server_round, self.client_name(node),
                             short_reason(r.error.reason))
-                self.shipper.ledger.record_failure(server_round, str(node), "train", r.error.reason)
+                self.shipper.ledger.record_failure(server_round, self.client_name(node), "train", r.error.reason)
         for node in sorted(self._sent.pop(server_round, set()) - {r.metadata.src_node_id for r in replies}):
-            log.warning("round %s: client %s sent no training reply in time (round-timeout)", server_round, node)
-            self.shipper.ledger.record_failure(server_round, str(node), "train", "no reply within round-timeout")
+            log.warning("round %s: client %s sent no training reply in time (round-timeout)", server_round,
+                        self.client_name(node))
+            self.shipper.ledger.record_failure(server_round, self.client_name(node), "train",
+                                               "no reply within round-timeout")
         ok = [r for r in replies if not r.has_error()]
         if ok:
             keys = ("bytes-received", "ipc-used", "budget-bytes")
-            per_client = {str(r.metadata.src_node_id): {k: r.content["metrics"].get(k) for k in keys}
+            per_client = {self.client_name(r.metadata.src_node_id): {k: r.content["metrics"].get(k) for k in keys}
                           for r in ok if "metrics" in r.content}
             self.shipper.ledger.record_metrics(server_round, {"client-metrics": per_client})
         return self.inner.aggregate_train(server_round, replies)
@@ -132,7 +145,7 @@ class ShippingStrategy(Strategy):
         replies = list(replies)
         for r in replies:
             if r.has_error():
-                self.shipper.ledger.record_failure(server_round, str(r.metadata.src_node_id),
+                self.shipper.ledger.record_failure(server_round, self.client_name(r.metadata.src_node_id),
                                                    "evaluate", r.error.reason)
         return self.inner.aggregate_evaluate(server_round, replies)
 
@@ -156,7 +169,7 @@ def main(grid: Grid, context: Context) -> None:
     t0 = time.perf_counter()
     _share_flower_log_handlers()
     cfg = config_from_run_config(context.run_config)
-    path = ensure_buffer(cfg)
+    path = ensure_buffer(cfg, progress=True)  # a start-up condensation logs its progress
     buffer = MultisizeBuffer.load(path)
     digest = buffer_identity(buffer)
     out_dir = Path(cfg.output_dir).expanduser().resolve()

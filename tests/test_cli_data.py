@@ -59,6 +59,8 @@ def test_evaluate_real_errors(capsys):
 
 
 def test_parse_ipc():
-    assert parse_ipc("all") == 0 and parse_ipc("0") == 0 and parse_ipc("12") == 12
+    assert parse_ipc("all") == 0 and parse_ipc("12") == 12
     with pytest.raises(ConfigError):
         parse_ipc("-1")
+    with pytest.raises(ConfigError, match="'all' for the full training set"):
+        parse_ipc("0")  # refused, as in `edgecond condense --ipc 0` (issue 20)

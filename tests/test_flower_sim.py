@@ -277,6 +277,8 @@ def test_client_crash_does_not_stop_the_run(simulation):
     assert len(failed) == 1, rounds[2]
     (who, info), = failed.items()
     assert info["stage"] == "train" and "fault-crash" in info["reason"]
+    assert who == "1"  # named by partition id, the id fault-crash="1:2" used
+    assert set(rounds[1]["clients"]) == {"0", "1", "2"}
     assert "test-acc" in rounds[2]["metrics"]  # the round still aggregated and was evaluated
     assert "Received 2 results and 1 failures" in simulation["log"]
 

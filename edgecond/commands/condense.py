@@ -52,7 +52,7 @@ def register(subparsers) -> None:
                     "every --checkpoint-every outer iterations; --resume continues a killed run.",
     )
     p.add_argument("--dataset", default="digits", help="dataset name (digits, cifar10, imagefolder:PATH, ...)")
-    p.add_argument("--data-root", default=None, help="root folder of dataset files")
+    p.add_argument("--data-root", "--root", dest="data_root", default=None, help="root folder of dataset files")
     _add_flips(p)
     p.add_argument("--method", default=None, help=METHOD_HELP)
     p.add_argument("--ipc", type=int_arg(1, 47_662), default=10, help="stored images per class N (default 10)")
@@ -68,7 +68,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config or method field, e.g. --set inner_steps=20 (repeatable; JSON values)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads (default: $OMP_NUM_THREADS, else all cores)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUTPUT.ckpt)")
     p.add_argument("--checkpoint-every", type=int_arg(1), default=50, help="outer iterations between checkpoints")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
@@ -89,7 +89,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("buffer", metavar="BUFFER", help="buffer file (.safetensors)")
     p.add_argument("--dataset", default=None, help="dataset to test on (default: the buffer's)")
-    p.add_argument("--data-root", default=None, help="root folder of dataset files")
+    p.add_argument("--data-root", "--root", dest="data_root", default=None, help="root folder of dataset files")
     _add_flips(p)
     p.add_argument("--sizes", default=None, help="comma list of sizes or 'all' (default 1,2,5,10,... up to N)")
     p.add_argument("--model", default=None, help="evaluation model (default convnet)")
@@ -97,7 +97,7 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="quick", help="quick (300 epochs) | paper (1000 epochs)")
     p.add_argument("--epochs", type=int_arg(1), default=None, help="override the preset's epochs")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads (default: $OMP_NUM_THREADS, else all cores)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the table as JSON")
     p.add_argument("--write-back", action="store_true", help="store the accuracy table in the buffer")
     p.add_argument("--no-progress", action="store_true")
@@ -111,6 +111,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
     if args.list:
         for m in list_methods():
             print(f"{m['name']:<10} {m['kind']:<9} presets: {m['presets']:<13} {m['description']}")
+        # the multisize wrapper is hooks over a matcher, not a registered method
+        print(f"{'mdc':<10} {'wrapper':<9} presets: {'paper, quick':<13} MDC: multisize wrapper over a matcher "
+              "(adaptive subset loss, MLS, freezing): --method mdc --base idc|idm|dm, or --hooks mdc.")
         return 0
     if not args.method:
         raise ConfigError(f"--method is required; expected one of {METHOD_HELP}.")

@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the datasets edgecond can load and where it reads them from",
         description="List registered datasets, where each is read from and whether its files are present.",
     )
-    p.add_argument("--root", default=None, help="root of torchvision datasets (default: $EDGECOND_DATA or "
-                                                "~/.cache/edgecond/datasets)")
+    p.add_argument("--data-root", "--root", dest="root", default=None,
+                   help="root folder of dataset files (default: $EDGECOND_DATA or ~/.cache/edgecond/datasets)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the list as JSON ('-' = stdout)")
     p.set_defaults(handler=cmd_datasets)
 
@@ -33,10 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="random real images per class → test accuracy (the 'random' baseline)",
         description="Pick IPC random real training images per class (per seed), train a fresh model with the "
                     "evaluation protocol (SGD 0.01/0.9/5e-4, step decay at 2/3 and 5/6, DSA + CutMix) and "
-                    "report test accuracy mean ± std over the seeds. --ipc 0 or 'all' uses the full training set.",
+                    "report test accuracy mean ± std over the seeds. --ipc all uses the full training set.",
     )
     e.add_argument("--dataset", default="digits", help="dataset name (see `edgecond datasets`); default digits")
-    e.add_argument("--ipc", default="1", help="images per class (integer), or 0 / 'all' for the full training set")
+    e.add_argument("--ipc", default="1", help="images per class (an integer >= 1), or 'all' for the full training set")
     e.add_argument("--seeds", type=int_arg(1, 1000), default=3, help="number of seeds (0..K-1); default 3")
     e.add_argument("--seed-offset", type=int_arg(0), default=0, help="first seed (seeds are OFFSET..OFFSET+K-1)")
     e.add_argument("--preset", default="quick", choices=["quick", "paper"], help="evaluation preset")
@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--augment", default=None, help="DiffAugment strategy, or 'none'")
     e.add_argument("--cutmix-prob", type=float_arg(0.0, 1.0), default=None, help="CutMix probability per batch (default 0.5)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    e.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads for torch (default: all cores)")
-    e.add_argument("--root", default=None, help="root of torchvision datasets")
+    e.add_argument("--threads", type=int_arg(1, 4096), default=None, help="CPU threads for torch (default: $OMP_NUM_THREADS, else all cores)")
+    e.add_argument("--data-root", "--root", dest="root", default=None, help="root folder of dataset files")
     e.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     from .condense import _add_flips
 
@@ -88,16 +88,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def parse_ipc(text: str) -> int:
-    """'all' / '0' → 0 (full set); a positive integer otherwise."""
+    """'all' → 0 (the full training set); an integer >= 1 otherwise (0 is refused, as in
+    ``edgecond condense``: a silent full-set run takes minutes where 0 images were meant)."""
     t = str(text).strip().lower()
-    if t in ("all", "full", "0"):
+    if t in ("all", "full"):
         return 0
     try:
         n = int(t)
     except ValueError:
-        raise ConfigError(f"--ipc {text!r} is not an integer; expected a positive integer, or 0 / 'all'.") from None
-    if n < 0:
-        raise ConfigError(f"--ipc {n} is negative; expected a positive integer, or 0 / 'all' for the full set.")
+        raise ConfigError(f"--ipc {text!r} is not an integer; expected an integer >= 1, or 'all'.") from None
+    if n < 1:
+        raise ConfigError(f"--ipc {n}: expected an integer >= 1 images per class, or 'all' for the full "
+                          "training set.")
     return n
 
 
@@ -121,12 +123,12 @@ def cmd_evaluate_real(args: argparse.Namespace) -> int:
     config = eval_preset(args.preset, dataset, **{k: v for k, v in overrides.items() if v is not None})
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     log.info("dataset %r; config %s; device %s; %d threads", dataset, config.to_dict(), device, threads)
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     t0 = time.perf_counter()
     accs, per_seed = [], []
-    bar = tqdm(seeds, desc=f"evaluate-real {dataset.name} ipc={ipc or 'all'}", unit="seed",
-               disable=args.no_progress, dynamic_ncols=True)
+    bar = progress_bar(seeds, desc=f"evaluate-real {dataset.name} ipc={ipc or 'all'}", unit="seed",
+                       disable=args.no_progress)
     for s in bar:
         if ipc:
             x, y = dataset.subset_per_class(ipc, seed=s)

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     )
     _add_model_args(p, "convnet")
     p.add_argument("--dataset", default="digits", help="dataset whose image shape and classes size the model")
-    p.add_argument("--data-root", default=None, help="dataset root directory")
+    p.add_argument("--data-root", "--root", dest="data_root", default=None, help="dataset root directory")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     p.set_defaults(handler=cmd_export)
 
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
     _add_model_args(p, "convnet")
     p.add_argument("--eval-samples", type=int_arg(0), default=0, metavar="N",
                    help="include N held-out test images of the buffer's dataset (default 0)")
-    p.add_argument("--data-root", default=None, help="dataset root (for --eval-samples)")
+    p.add_argument("--data-root", "--root", dest="data_root", default=None, help="dataset root (for --eval-samples)")
     p.add_argument("--eval-dataset", default=None, metavar="SPEC",
                    help="dataset of the eval set (default: the buffer's; e.g. imagefolder:/path/to/folder)")
     p.add_argument("--epochs", type=int_arg(1, 100_000), default=None, help="training epochs written to the manifest (default 300)")

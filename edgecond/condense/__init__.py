@@ -65,3 +65,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
 ]
+
+from .._api import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "condense")  # `from edgecond import condense; condense(data, config)`

@@ -496,10 +496,10 @@ def run_subset_degradation(
         if out_dir is not None:
             result.write(out_dir)
 
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     wanted = list(cfg.methods)
-    bar = tqdm(total=len(wanted), desc="subset degradation", unit="method", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(wanted), desc="subset degradation", unit="method", disable=not progress)
     c_result = b_first = None
     inner_progress = False
     if "random" in wanted:

@@ -386,11 +386,21 @@ def _make_buffer(images: torch.Tensor, dataset, config: CondenseConfig, extra: d
 
 
 class _Logger:
-    """JSON-lines + optional TensorBoard logging of per-iteration values."""
+    """JSON-lines + optional TensorBoard logging of per-iteration values.
 
-    def __init__(self, log_path, tensorboard_dir, start: int) -> None:
+    With TensorBoard and ``images`` (the :class:`SyntheticSet`), the image grid (row = class,
+    column = rank: :func:`edgecond.show.image_grid`) is logged as ``images`` every
+    ``ceil(total / 10)`` outer iterations and at the last one (``IMAGE_LOGS`` pictures per run).
+    """
+
+    IMAGE_LOGS = 10
+
+    def __init__(self, log_path, tensorboard_dir, start: int, *, images=None, total: int = 0) -> None:
         self.fh = None
         self.tb = None
+        self.images = images
+        self.total = int(total)
+        self.image_every = max(1, -(-self.total // self.IMAGE_LOGS))
         if log_path is not None:
             path = Path(log_path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,6 +426,13 @@ class _Logger:
             for k, v in record.items():
                 if k != "iteration" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, record["iteration"])
+            t = int(record["iteration"])
+            if self.images is not None and ((t + 1) % self.image_every == 0 or t + 1 == self.total):
+                from ..show import image_grid
+
+                with torch.no_grad():
+                    pixels = self.images.pixel_images().detach().cpu().float().numpy()
+                self.tb.add_image("images", image_grid(pixels), t, dataformats="HWC")
 
     def close(self) -> None:
         if self.fh is not None:
@@ -545,11 +562,11 @@ def condense(
             "history": history,
         })
 
-    logger = _Logger(log_path, tensorboard_dir, start)
-    from tqdm.auto import tqdm
+    logger = _Logger(log_path, tensorboard_dir, start, images=syn, total=config.iterations)
+    from ..progress import progress_bar
 
-    bar = tqdm(total=config.iterations, initial=min(start, config.iterations), disable=not progress,
-               desc=f"condense {config.method}", unit="it", dynamic_ncols=True)
+    bar = progress_bar(total=config.iterations, initial=min(start, config.iterations), disable=not progress,
+                       desc=f"condense {config.method}", unit="it")
     run_seconds: list[float] = []
     try:
         for t in range(start, config.iterations):

@@ -1,0 +1,13 @@
+"""The apps under the ``edgecond`` namespace: thin re-exports of the top-level ``clients/`` and
+``servers/`` folders (the Flower app layout, kept where ``flwr run .`` and the design card expect
+them). Import the one you need; each pulls in only its own dependencies:
+
+=================================  ===============================================  ==================
+module                             what                                             needs
+=================================  ===============================================  ==================
+``edgecond.apps.edge``             torch-free on-device trainer (``train_bundle``)  core install
+``edgecond.apps.flower_client``    Flower ``ClientApp`` (``app``)                   ``edgecond[flower]``
+``edgecond.apps.flower_server``    Flower ``ServerApp`` (``app``, ``ensure_buffer``)  ``edgecond[flower]``
+``edgecond.apps.avalanche``        ``CondensedBuffer``, plugins, ``condensed_replay``  ``edgecond[avalanche]``
+=================================  ===============================================  ==================
+"""
