@@ -92,17 +92,16 @@ def _child_edgecond(spec: dict) -> dict:
     ds = load_dataset(spec["dataset"])
     base = "idc" if method == "mdc" else method
     over: dict = {"ipc": int(spec["ipc"]), "seed": int(spec.get("seed", 0))}
-    full = condense_preset(base, preset, ds.name, ipc=over["ipc"])
+    # the one resolver; MDC's settings (Δt) are those of the full-length run
+    full = condense_preset(base, preset, ds, ipc=over["ipc"], hooks="mdc" if method == "mdc" else "none")
     per_inner = base == "idc"
     if per_inner:
         over.update(iterations=1, inner_steps=steps + 2)
     else:
         over.update(iterations=steps + 1)
     if method == "mdc":
-        from edgecond.condense.multisize import mdc_preset
-
-        over.update(hooks="mdc", hooks_config=mdc_preset(preset, ds.name, full.iterations, base=base))
-    cfg = condense_preset(base, preset, ds.name, **over)
+        over.update(hooks="mdc", hooks_config=dict(full.hooks_config))
+    cfg = condense_preset(base, preset, ds, **over)
     device = resolve_device(spec["device"])
     clock = _Clock(str(device))
     cls = REGISTRY.get(base)

@@ -43,7 +43,7 @@ _LAZY: dict[str, str] = {
     # condensation (torch)
     "condense": "condense", "condense_preset": "condense", "CondenseConfig": "condense",
     "CondenseResult": "condense", "list_methods": "condense", "register_method": "condense",
-    "mdc_preset": "condense.multisize",
+    "mdc_settings": "condense.presets", "DataFacts": "facts",
     # the buffer file (numpy + safetensors)
     "MultisizeBuffer": "buffer", "BufferMeta": "buffer", "read_meta": "buffer", "slice_file": "buffer",
     # budgets (numpy)
@@ -95,7 +95,8 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from .buffer import BufferMeta, MultisizeBuffer, read_meta, slice_file
     from .condense import (CondenseConfig, CondenseResult, condense, condense_preset, list_methods,
                            register_method)
-    from .condense.multisize import mdc_preset
+    from .condense.presets import mdc_settings
+    from .facts import DataFacts
     from .data import ImageDataset, from_arrays, list_datasets, load_dataset, register_dataset
     from .deploy import DeployConfig, DeployResult, deploy, read_manifest
     from .evaluate import (EvalConfig, EvalResult, SizeResult, eval_preset, evaluate_buffer, evaluate_random_real,
