@@ -99,7 +99,8 @@ def test_list_datasets():
     for name in ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder:PATH", "npz:PATH"):
         assert name in infos
     assert infos["digits"].available and "scikit-learn" in infos["digits"].source
-    assert set(infos["digits"].to_dict()) == {"name", "description", "source", "available"}
+    assert set(infos["digits"].to_dict()) == {"name", "description", "source", "available", "flips"}
+    assert infos["digits"].flips is False and infos["cifar10"].flips is True and infos["npz:PATH"].flips is None
 
 
 # ------------------------------------------------------------------ npz
