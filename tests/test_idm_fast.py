@@ -34,7 +34,7 @@ def _dataset(n_per_class: int = 20, classes: int = 3, seed: int = 0):
 
 def _setup(method: str, ce_weight: float, seed: int = 3):
     ds = _dataset()
-    cfg = condense_preset(method, "quick", "rgb16", ipc=2, iterations=2, batch_real=16, factor=2 if method == "idm" else 1,
+    cfg = condense_preset(method, "quick", ds, ipc=2, iterations=2, batch_real=16, factor=2 if method == "idm" else 1,
                           model_kwargs={"width": 16, "depth": 2, "norm": "instance"},
                           method_config={"ce_weight": ce_weight, **({"queue_init": 2, "train_steps": 1, "train_batch": 8}
                                                                       if method == "idm" else {})})

@@ -40,7 +40,7 @@ def _rgb_tiny(n: int = 10, classes: int = 2, seed: int = 0):
 
 def _one_step(ds, space: str) -> torch.Tensor:
     cfg = condense_preset(
-        "idc", "quick", "rgb-tiny", ipc=1, iterations=1, seed=3, lr_img=2e-3, momentum_img=0.0,
+        "idc", "quick", ds, ipc=1, iterations=1, seed=3, lr_img=2e-3, momentum_img=0.0,
         lr_img_space=space, batch_real=8, dtype="float32", model_kwargs={"width": 8, "depth": 2},
         method_config={"inner_steps": 1, "net_samples": 8, "net_batch": 8},
     )
@@ -68,10 +68,14 @@ def test_pixel_space_step_is_sgd_on_pixels():
 
 
 def test_idc_presets_use_the_reference_value_space():
-    for name in ("cifar10", "cifar100", "svhn", "mnist", "imagefolder:/data/cifar10"):
+    from edgecond.facts import DataFacts
+
+    own_cifar_like = DataFacts(image_shape=(3, 32, 32), num_classes=10, train_per_class=5000, train_size=50000)
+    for name in ("cifar10", "cifar100", "svhn", "mnist", own_cifar_like):
         cfg = condense_preset("idc", "paper", name, ipc=1)
         assert cfg.lr_img_space == "pixel", name
-        assert cfg.lr_img == pytest.approx((5e-3 if "mnist" not in name else 1e-4) / 10)
+        # the paper's rates by exact registry name; anybody's own data gets the reference's default
+        assert cfg.lr_img == pytest.approx((5e-3 if name in ("cifar10", "cifar100", "svhn") else 1e-4) / 10)
     # DM/IDM reference codes optimise normalised images: their rates stay normalised
     assert condense_preset("dm", "paper", "cifar10").lr_img_space == "normalized"
     assert condense_preset("idm", "paper", "cifar10").lr_img_space == "normalized"
@@ -79,7 +83,7 @@ def test_idc_presets_use_the_reference_value_space():
 
 def test_lr_img_space_validation_and_old_checkpoints():
     ds = _rgb_tiny()
-    cfg = condense_preset("idc", "quick", "rgb-tiny", ipc=1, iterations=1, lr_img_space="pixels")
+    cfg = condense_preset("idc", "quick", ds, ipc=1, iterations=1, lr_img_space="pixels")
     with pytest.raises(ConfigError, match="lr_img_space"):
         condense(ds, cfg, progress=False)
     # a checkpoint written before the field existed resumes as "normalized", not as a mismatch
