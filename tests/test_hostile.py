@@ -158,7 +158,8 @@ def test_info_is_linear_in_ranks_and_says_pixels_not_checked(tmp_path):
     heads = buf.meta.header_sizes()
     for m in (1, 2, 7, 999, n):
         assert heads[m - 1] == len(buf.meta.header(m)) == buf.meta.header_bytes(m)
-        assert buf.bytes_for(m, provenance=False) == len(buf.to_bytes(m, provenance=False)) if m < 50 else True
+    for m in (1, 2, 7):
+        assert buf.bytes_for(m, provenance=False) == len(buf.to_bytes(m, provenance=False))
     with bounded():
         with contextlib.redirect_stdout(io.StringIO()) as out:
             assert main(["info", str(path)]) == 0
