@@ -374,6 +374,8 @@ def run(args) -> None:
 
     def evaluate(arm: str, s: int, f: Path, evs: list[str]) -> None:
         for ev in evs:
+            if ev not in EVALUATORS:  # e.g. --evaluators none: condense and measure Δpixel only
+                continue
             for es in eval_seeds:
                 key = f"eval/{ev}/{arm}/b{0 if arm == 'init' else args.budget}/s{s}/e{es}"
                 if key in done or (ev == "reference" and arm in args.skip_ref_eval.split(",")):
@@ -387,9 +389,12 @@ def run(args) -> None:
                         _sub(args, "_ref-eval", "--file", str(f), "--seed", str(es), "--result", str(res),
                              "--eval-epochs", str(args.eval_epochs), "--work", str(work / "ref-eval"))
                     acc = json.loads(res.read_text())["acc"]
+                secs = round(time.perf_counter() - t0, 1)
+                if ev == "reference" and secs < 1.0:  # reused: an interrupted run's subprocess finished it
+                    secs = None
                 rec = {"key": key, "kind": "eval", "evaluator": ev, "arm": arm,
                        "budget": 0 if arm == "init" else args.budget,
-                       "seed": s, "eval_seed": es, "acc": acc, "seconds": round(time.perf_counter() - t0, 1)}
+                       "seed": s, "eval_seed": es, "acc": acc, "seconds": secs}
                 _append(records, rec)
                 done[key] = rec
                 report(out, quiet=True)
@@ -443,7 +448,8 @@ def report(out: Path, quiet: bool = False) -> None:
                 "n": len(accs), "mean": float(np.mean(accs)), "std": float(np.std(accs)), "accuracies": accs,
                 "dpix": float(np.mean(dp)) if dp else None,
                 "condense_seconds": float(np.mean([r["seconds"] for r in cs])) if cs else None,
-                "eval_seconds": float(np.mean([r["seconds"] for r in rs])),
+                "eval_seconds": (float(np.mean([r["seconds"] for r in rs if r["seconds"] is not None]))
+                                 if any(r["seconds"] is not None for r in rs) else None),
             })
     (out / "reference_parity.json").write_text(json.dumps({"rows": rows, "records": recs}, indent=1))
     lines = ["| evaluator | arm | inner steps | seeds (cond × eval) | accuracy % | Δ vs init | mean abs Δpixel | condense s | eval s |",
@@ -457,7 +463,7 @@ def report(out: Path, quiet: bool = False) -> None:
         secs = "" if r["condense_seconds"] is None else f"{r['condense_seconds']:.0f}"
         lines.append(f"| {r['evaluator']} | {r['arm']} | {r['budget']} | {r['condense_seeds']} × {r['eval_seeds']} | "
                      f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {gain} | {dpix} | {secs} | "
-                     f"{r['eval_seconds']:.0f} |")
+                     f"{'' if r['eval_seconds'] is None else format(r['eval_seconds'], '.0f')} |")
     (out / "reference_parity.md").write_text(
         "# Reference parity: CIFAR-10 IDC, IPC 1, f = 2 (see benchmarks/reference_parity.py)\n\n"
         + "\n".join(lines) + "\n")
