@@ -35,7 +35,13 @@ Then::
         --dataset imagefolder:PATH --budget 50 --seeds 1,2 --eval-seeds 0,1 --threads 1 \\
         --out benchmarks/results/reference_parity-cifar10-ipc1
 
-Every finished step is appended to ``OUT/records.jsonl`` (a rerun skips what is done);
+The per-step measurement that located the cause (one inner step, same initial images; mean abs
+Δpixel of each code; appended to ``OUT/step_probe.jsonl``)::
+
+    python benchmarks/reference_parity.py step --ref-dir /work/ref/idc --seeds 0,1 --space normalized
+    python benchmarks/reference_parity.py step --ref-dir /work/ref/idc --seeds 0,1 --space pixel
+
+Every finished step of ``run`` is appended to ``OUT/records.jsonl`` (a rerun skips what is done);
 ``OUT/reference_parity.json`` and ``.md`` summarise: arm, budget, evaluator, seeds, mean ± std
 (over condensation seeds × evaluation seeds), mean |Δ pixel| from the initialisation, seconds.
 """
@@ -210,6 +216,63 @@ def _ref_eval(ref_dir: Path, work: Path, images_file: Path, seed: int, epochs: i
     return float(last) / 100.0
 
 
+def step_probe(ref_dir: Path, dataset: str, steps: int, seeds: list[int], space: str) -> list[dict]:
+    """How far one (or ``steps``) inner step(s) move the images in each code, from the same
+    initial images, on a fresh ConvNet-3 with no network training in between: the reference's
+    Synthesizer / matchloss / diffaug / define_model called in-process vs ``edgecond.condense``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from edgecond.condense import condense, condense_preset
+    from edgecond.condense.engine import initial_images
+    from edgecond.data import load_dataset
+
+    _ref_env(ref_dir)
+    import condense as ref  # the reference's condense.py (module import: its __main__ does not run)
+    from train import define_model
+
+    ds = load_dataset(dataset)
+    cls_idx = ds.class_indices()
+    init = initial_images(ds, 1, 2, seed=0)
+    rargs = SimpleNamespace(ipc=1, factor=2, decode_type="single", dataset="cifar10", aug_type="color_crop_cutout",
+                            mixup_net="cut", match="grad", metric="mse", bias=False, fc=False, net_type="convnet",
+                            depth=3, width=1.0, norm_type="instance", nch=3, size=32)
+    rows = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        syn = ref.Synthesizer(rargs, 10, 3, 32, 32, device="cpu")
+        syn.data.data = init.reshape(10, 3, 32, 32).clone()
+        aug, _ = ref.diffaug(rargs, device="cpu")
+        model = define_model(rargs, 10)
+        model.train()
+        opt = torch.optim.SGD(syn.parameters(), lr=5e-4, momentum=0.5)  # --reproduce, IPC 1
+        gen = torch.Generator().manual_seed(seed)
+        ref_losses = []
+        for _ in range(steps):
+            for c in range(10):
+                idx = cls_idx[c][torch.randperm(len(cls_idx[c]), generator=gen)[:64]]
+                img, lab = ds.x_train[idx], torch.full((64,), c, dtype=torch.long)
+                img_syn, lab_syn = syn.sample(c, max_size=128)
+                img_aug = aug(torch.cat([img, img_syn]))
+                loss = ref.matchloss(rargs, img_aug[:64], img_aug[64:], lab, lab_syn, model)
+                ref_losses.append(loss.item())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        d_ref = float((syn.data.detach().reshape(10, 1, 3, 32, 32) - init).abs().mean())
+        cfg = condense_preset("idc", "paper", "cifar10", ipc=1, iterations=1, inner_steps=steps, seed=seed,
+                              dtype="float32", lr_img_space=space)
+        res = condense(ds, cfg, init_images=init, progress=False)
+        d_ec = float((res.images - init).abs().mean())
+        rows.append({"seed": seed, "steps": steps, "lr_img_space": space, "ref_dpix": d_ref, "ec_dpix": d_ec,
+                     "ratio_ref_over_ec": d_ref / d_ec, "ref_loss": float(np.mean(ref_losses)),
+                     "ec_loss": float(res.history["loss"][0])})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------
 # edgecond side
 # ------------------------------------------------------------------------------------------
@@ -309,10 +372,12 @@ def run(args) -> None:
         _sub(args, "_ref-init", "--file", str(init_file), "--work", str(work / "ref-init"))
     init = _load_images(init_file)
 
-    def evaluate(arm: str, s: int, f: Path) -> None:
-        for ev in evaluators:
+    def evaluate(arm: str, s: int, f: Path, evs: list[str]) -> None:
+        for ev in evs:
+            if ev not in EVALUATORS:  # e.g. --evaluators none: condense and measure Δpixel only
+                continue
             for es in eval_seeds:
-                key = f"eval/{ev}/{arm}/b{args.budget}/s{s}/e{es}"
+                key = f"eval/{ev}/{arm}/b{0 if arm == 'init' else args.budget}/s{s}/e{es}"
                 if key in done or (ev == "reference" and arm in args.skip_ref_eval.split(",")):
                     continue
                 t0 = time.perf_counter()
@@ -320,18 +385,25 @@ def run(args) -> None:
                     acc = _ec_eval(ds, f, es, args.eval_epochs)
                 else:
                     res = work / "evals" / f"{key.replace('/', '_')}.json"
-                    _sub(args, "_ref-eval", "--file", str(f), "--seed", str(es), "--result", str(res),
-                         "--eval-epochs", str(args.eval_epochs), "--work", str(work / "ref-eval"))
+                    if not res.is_file():  # (a finished subprocess of an interrupted run counts)
+                        _sub(args, "_ref-eval", "--file", str(f), "--seed", str(es), "--result", str(res),
+                             "--eval-epochs", str(args.eval_epochs), "--work", str(work / "ref-eval"))
                     acc = json.loads(res.read_text())["acc"]
-                rec = {"key": key, "kind": "eval", "evaluator": ev, "arm": arm, "budget": args.budget,
-                       "seed": s, "eval_seed": es, "acc": acc, "seconds": round(time.perf_counter() - t0, 1)}
+                secs = round(time.perf_counter() - t0, 1)
+                if ev == "reference" and secs < 1.0:  # reused: an interrupted run's subprocess finished it
+                    secs = None
+                rec = {"key": key, "kind": "eval", "evaluator": ev, "arm": arm,
+                       "budget": 0 if arm == "init" else args.budget,
+                       "seed": s, "eval_seed": es, "acc": acc, "seconds": secs}
                 _append(records, rec)
                 done[key] = rec
                 report(out, quiet=True)
 
+    # seed-major with the first evaluator; the other evaluators afterwards (slowest last)
     if "init" in arms:
-        evaluate("init", 0, init_file)
-    for s in seeds:  # seed-major: every finished seed is a complete row of the table
+        evaluate("init", 0, init_file, evaluators[:1])
+    results = [("init", 0, init_file)] if "init" in arms else []
+    for s in seeds:
         for arm in arms:
             if arm == "init":
                 continue
@@ -351,7 +423,10 @@ def run(args) -> None:
                        "out_of_range": float(((x < 0) | (x > 1)).float().mean())}
                 _append(records, rec)
                 done[key] = rec
-            evaluate(arm, s, f)
+            evaluate(arm, s, f, evaluators[:1])
+            results.append((arm, s, f))
+    for arm, s, f in results:
+        evaluate(arm, s, f, evaluators[1:])
     report(out)
 
 
@@ -373,7 +448,8 @@ def report(out: Path, quiet: bool = False) -> None:
                 "n": len(accs), "mean": float(np.mean(accs)), "std": float(np.std(accs)), "accuracies": accs,
                 "dpix": float(np.mean(dp)) if dp else None,
                 "condense_seconds": float(np.mean([r["seconds"] for r in cs])) if cs else None,
-                "eval_seconds": float(np.mean([r["seconds"] for r in rs])),
+                "eval_seconds": (float(np.mean([r["seconds"] for r in rs if r["seconds"] is not None]))
+                                 if any(r["seconds"] is not None for r in rs) else None),
             })
     (out / "reference_parity.json").write_text(json.dumps({"rows": rows, "records": recs}, indent=1))
     lines = ["| evaluator | arm | inner steps | seeds (cond × eval) | accuracy % | Δ vs init | mean abs Δpixel | condense s | eval s |",
@@ -387,7 +463,7 @@ def report(out: Path, quiet: bool = False) -> None:
         secs = "" if r["condense_seconds"] is None else f"{r['condense_seconds']:.0f}"
         lines.append(f"| {r['evaluator']} | {r['arm']} | {r['budget']} | {r['condense_seeds']} × {r['eval_seeds']} | "
                      f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {gain} | {dpix} | {secs} | "
-                     f"{r['eval_seconds']:.0f} |")
+                     f"{'' if r['eval_seconds'] is None else format(r['eval_seconds'], '.0f')} |")
     (out / "reference_parity.md").write_text(
         "# Reference parity: CIFAR-10 IDC, IPC 1, f = 2 (see benchmarks/reference_parity.py)\n\n"
         + "\n".join(lines) + "\n")
@@ -397,7 +473,7 @@ def report(out: Path, quiet: bool = False) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["prepare", "run", "report", "_ref-condense", "_ref-init", "_ref-eval"])
+    p.add_argument("mode", choices=["prepare", "run", "report", "step", "_ref-condense", "_ref-init", "_ref-eval"])
     p.add_argument("--ref-dir", type=Path, default=Path("/work/ref/idc"))
     p.add_argument("--dataset", default="imagefolder:/work/data/cifar10")
     p.add_argument("--budget", type=int, default=200, help="inner steps (one outer iteration = 100)")
@@ -412,6 +488,8 @@ def main(argv=None) -> None:
     p.add_argument("--work", default="/work/ref/parity-work", help="scratch (outside the tree: reference outputs)")
     p.add_argument("--file", type=Path)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1, help="step: inner steps to measure")
+    p.add_argument("--space", default="pixel", help="step: edgecond's lr_img_space")
     p.add_argument("--result", type=Path)
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
@@ -421,6 +499,16 @@ def main(argv=None) -> None:
         run(a)
     elif a.mode == "report":
         report(Path(a.out))
+    elif a.mode == "step":
+        import torch
+
+        torch.set_num_threads(a.threads)
+        rows = step_probe(a.ref_dir, a.dataset, a.steps, [int(s) for s in a.seeds.split(",")], a.space)
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "step_probe.jsonl", "a") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
     elif a.mode == "_ref-init":
         _ref_init(a.ref_dir, Path(a.work), a.file)
     elif a.mode == "_ref-condense":
