@@ -337,6 +337,11 @@ def _make_buffer(images: torch.Tensor, dataset, config: CondenseConfig, extra: d
     extra = dict(extra)
     if hasattr(dataset, "digest"):  # where the data came from: reopenable name, digest, facts
         extra["data"] = provenance(dataset)
+    from ..evaluate import eval_preset
+    from ..recipe import recipe_from_eval
+
+    # the training recipe (essential metadata): the protocol the buffer is evaluated with
+    recipe = recipe_from_eval(eval_preset("quick", dataset), flips=bool(getattr(dataset, "flips", False)))
 
     return MultisizeBuffer.from_class_major(
         images.detach().cpu().float().numpy(),
@@ -349,6 +354,7 @@ def _make_buffer(images: torch.Tensor, dataset, config: CondenseConfig, extra: d
         config=_jsonable(config),
         dtype=config.dtype,
         extra=extra,
+        recipe=recipe,
     )
 
 
