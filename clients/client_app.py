@@ -68,16 +68,22 @@ def _indices(context: Context, cfg, pid: int, num: int) -> np.ndarray:
 def query(msg: Message, context: Context) -> Message:
     """Reply with this round's bandwidth and memory budgets and what the prefix cache holds
     (after dropping the ranks that no longer fit this round's memory)."""
+    return Message(budget_reply(context, _round(msg)), reply_to=msg)
+
+
+def budget_reply(context: Context, rnd: int) -> RecordDict:
+    """The query reply's content for round ``rnd``: bandwidth from ``budget-trace``, memory from
+    ``memory-trace``; the held prefix is first cut to the memory (ranks dropped from the end,
+    the smaller prefix kept in ``context.state``), so ``have`` is what the device still holds."""
     cfg = config_from_run_config(context.run_config)
     pid, _ = _node(context, cfg)
-    rnd = _round(msg)
     trace = parse_trace(str(context.node_config.get("budget-trace", cfg.budget_trace)))
     cache = PrefixCache.from_state(context.state)
     budget = int(trace.budget(pid, rnd))
     memory = memory_budget(context, cfg, pid, rnd)
     if cache.fit_memory(memory):
         cache.to_state(context.state)
-    return Message(make_budget_reply(budget, cache.ipc, cache.digest, memory=memory), reply_to=msg)
+    return make_budget_reply(budget, cache.ipc, cache.digest, memory=memory)
 
 
 def memory_budget(context: Context, cfg, pid: int, rnd: int) -> int | None:
