@@ -21,7 +21,7 @@ from edgecond.errors import FederatedError
 from edgecond.federated import FederatedConfig, PrefixCache
 from edgecond.models import build_model
 from edgecond.recipe import Recipe
-from edgecond.utils import make_generator, resolve_device
+from edgecond.utils import resolve_device
 
 __all__ = [
     "load_data",

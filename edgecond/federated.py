@@ -9,9 +9,12 @@ One round, as the ServerApp runs it::
 
     server                                            client (node)
     ─ query "budget" ───────────────────────────────► budget = trace.budget(partition, round)
-    ◄─ {"bytes": budget, "have": n_held, "digest"} ── (n_held, digest from its prefix cache)
+                                                      memory = memory_trace.budget(...) (optional)
+                                                      cache.fit_memory(memory): drop ranks from the end
+    ◄─ {"bytes", "have", "digest", "memory"} ──────── (n_held, digest from its prefix cache)
     validate_budget_reply(...)   (malformed/oversized → rejected, logged, budget 0)
-    plan = plan_transfer(buffer, have, budget)        target = buffer.largest_fitting(budget)
+    plan = plan_transfer(buffer, have, budget, memory=memory)
+                                 target = largest prefix fitting the budget AND the memory
     payload = build_payload(buffer, plan)             full prefix file | ranks(have, target) | nothing
     ─ train {model, config, transfer, payload} ─────► cache.apply(transfer, payload); train; reply
     ledger.record(round, node, plan, ...)             exact payload bytes per client per round

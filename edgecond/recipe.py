@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -61,6 +61,7 @@ __all__ = [
     "cutmix_batch",
     "targets_of",
     "recipe_batches",
+    "with_flips",
 ]
 
 RECIPE_VERSION = 1
@@ -455,7 +456,3 @@ def recipe_batches(x: np.ndarray, targets: np.ndarray, recipe: Recipe, rng: np.r
 def with_flips(recipe: Recipe, flips: bool) -> Recipe:
     """``recipe`` under another flip policy (flip op dropped when ``flips`` is False)."""
     return replace(recipe, flips=bool(flips))
-
-
-def _mapping(obj: Any) -> Mapping:
-    return obj if isinstance(obj, Mapping) else {}

@@ -244,3 +244,26 @@ def test_condense_job_condenses_the_server_split_and_logs_progress(tmp_path, cap
         for t in range(40):
             report({"iteration": t, "loss": 1.0, "total": 40})
     assert caplog.text.count("condensing: iteration") == 20 and "40/40 (100%)" in caplog.text
+
+
+# ----------------------------------------------------------------------------- benchmark helpers
+
+
+def test_benchmark_traces_and_equal_bytes_summary(lean):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "federated.py"
+    spec = importlib.util.spec_from_file_location("bench_federated_i15", path)
+    fed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fed)
+    assert fed.ARMS == ("none", "random", "herding", "C", "mdc")
+    bw, mem = fed.traces_for(lean, {"budget_ipc": 2.5, "sigma": 0.6}, seed=3)
+    b2, b3 = lean.bytes_for(2, provenance=False), lean.bytes_for(3, provenance=False)
+    assert f"median={round((b2 + b3) / 2)}B" in bw and "seed=3" in bw and "seed=1003" in mem
+    res = {"none": {"accuracy": [0.1, 0.2], "cumulative_bytes": [0, 0], "seconds": 1},
+           "random": {"accuracy": [0.3, 0.4], "cumulative_bytes": [100, 300], "seconds": 1},
+           "mdc": {"accuracy": [0.5, 0.6], "cumulative_bytes": [150, 200], "seconds": 1}}
+    rows = {r["arm"]: r for r in fed.summarize(res)}
+    assert rows["random"]["equal_bytes"] == 200 and rows["random"]["accuracy_at_equal_bytes"] == 0.3
+    assert rows["mdc"]["accuracy_at_equal_bytes"] == 0.6 and rows["mdc"]["rounds_to_none_final"] == 1
