@@ -119,7 +119,7 @@ def test_npz_nhwc_uint8(tmp_path):
     d = D.load_dataset(f"npz:{p}")
     assert d.image_shape == (3, 5, 4) and d.class_names == ["a", "b", "c"]
     assert torch.allclose(d.x_train, torch.from_numpy(x.transpose(0, 3, 1, 2) / 255.0).float())
-    assert d.source == str(p.resolve()) and d.name == "npz:set"
+    assert d.source == str(p.resolve()) and d.name == f"npz:{p.resolve()}"  # the name reopens it (edgecond.data.provenance)
 
 
 def test_npz_nchw_float_and_grey(tmp_path):
