@@ -260,9 +260,18 @@ def train(net: nn.Module, x_local: torch.Tensor, y_local: torch.Tensor, condense
         total += float(loss.detach())
         count += 1
 
+    def local_x(idx):
+        return augment_batch((xl[idx] - mu) / sd, local_aug, rng)
+
     def local_loss(idx):
-        xb = augment_batch((xl[idx] - mu) / sd, local_aug, rng)
-        return F.cross_entropy(net(t(xb)), t(yl[idx]))
+        return F.cross_entropy(net(t(local_x(idx))), t(yl[idx]))
+
+    def mixed_loss(idx, xs, ts):
+        # one forward pass over [local | condensed] (instance norm: the same as two passes;
+        # batch norm: statistics over the mixed batch)
+        out = net(t(np.concatenate([local_x(idx), xs])))
+        n = len(idx)
+        return (1.0 - w) * F.cross_entropy(out[:n], t(yl[idx])) + w * _soft_ce(out[n:], t(ts))
 
     def syn_stream(steps=None):
         return recipe_batches(condensed.x, condensed.targets, condensed.recipe, rng, mean=mean, std=std,
@@ -281,7 +290,7 @@ def train(net: nn.Module, x_local: torch.Tensor, y_local: torch.Tensor, condense
         batches = _local_batches(len(xl), batch_size, rng)
         if mode == "mix" and has_syn:
             for idx, (xs, ts) in zip(batches, syn_stream(steps=len(batches))):
-                step((1.0 - w) * local_loss(idx) + w * _soft_ce(net(t(xs)), t(ts)))
+                step(mixed_loss(idx, xs, ts))
         else:
             for idx in batches:
                 step(local_loss(idx))
