@@ -14,6 +14,15 @@ replay memory holds at most ``memory_per_class × num_classes`` images (20 per c
 ``baseline-c``  plain condensation per experience (``hooks="none"``, MDC's Baseline C), prefixes
 ``mdc``         multisize condensation per experience (``hooks="mdc"``), prefixes
 
+Training recipe (issue 15): under ``gdumb`` the condensed arms (``herding``, ``baseline-c``,
+``mdc``) train on memory items that carry their buffer's recipe augmentation
+(``CondensedBuffer(augment=True)``: the DSA ops the buffer was evaluated with; soft labels, when
+a buffer has them, through ``SoftLabelPlugin``) instead of the benchmark's batch augmentation,
+which the ``random`` arm (Avalanche's buffer, real images) keeps. Under ``replay`` one Avalanche
+mini-batch mixes stream and memory items and gets one batch augmentation (``augment``), so the
+memory items are not augmented again (``augment=False``). ``--no-recipe`` restores the batch
+augmentation for every arm.
+
 Protocols: ``gdumb`` (GDumb-style: re-initialise the model and train only on the memory, the
 protocol of DM/IDM's continual-learning experiment) and ``replay`` (Naive fine-tuning with
 ``ReplayPlugin``). Accuracy and forgetting come from Avalanche's ``accuracy_metrics`` /
@@ -91,6 +100,8 @@ class ContinualBenchConfig:
     batch_size: int = 32  #: stream and memory mini-batch size
     #: DiffAugment of every training mini-batch. Digits: "crop" (flip/rotate/cutout hurt 8x8 digits)
     augment: str = "crop"
+    #: gdumb: condensed arms train memory items by their buffer's recipe (see the module doc)
+    recipe: bool = True
     seeds: tuple[int, ...] = (0, 1)
     protocols: tuple[str, ...] = PROTOCOLS
     budgets: tuple[str, ...] = BUDGETS
@@ -178,7 +189,13 @@ def _augment_plugin(strategy_name: str, seed: int):
     return AugmentPlugin()
 
 
-def _policy(arm: str, max_size: int, sources: dict[str, list], cfg: ContinualBenchConfig):
+def _uses_recipe(arm: str, protocol: str, cfg: ContinualBenchConfig) -> bool:
+    """Whether this arm's memory items are augmented by their buffer's recipe (gdumb, condensed)."""
+    return bool(cfg.recipe) and arm != "random" and protocol == "gdumb"
+
+
+def _policy(arm: str, max_size: int, sources: dict[str, list], cfg: ContinualBenchConfig,
+            protocol: str = "gdumb"):
     from avalanche.training.storage_policy import ParametricBuffer, RandomExemplarsSelectionStrategy
 
     from clients.avalanche_replay import CondensedBuffer
@@ -186,7 +203,8 @@ def _policy(arm: str, max_size: int, sources: dict[str, list], cfg: ContinualBen
     if arm == "random":
         return ParametricBuffer(max_size, groupby="class",
                                 selection_strategy=RandomExemplarsSelectionStrategy())
-    return CondensedBuffer(max_size, buffers=sources[arm], unit=cfg.unit, normalize=True)
+    return CondensedBuffer(max_size, buffers=sources[arm], unit=cfg.unit, normalize=True,
+                           augment=_uses_recipe(arm, protocol, cfg))
 
 
 def run_one(ds, bm, arm: str, protocol: str, schedule: list[int], sources: dict, cfg: ContinualBenchConfig,
@@ -215,8 +233,14 @@ def run_one(ds, bm, arm: str, protocol: str, schedule: list[int], sources: dict,
     )
     model = build_model(cfg.model, ds.image_shape, ds.num_classes, seed=seed, **cfg.model_kwargs)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    policy = _policy(arm, schedule[0], sources, cfg)
-    plugins: list[Any] = [MemoryBudgetPlugin(policy, ListSchedule(schedule)), _augment_plugin(cfg.augment, seed)]
+    from clients.avalanche_replay import SoftLabelPlugin
+
+    policy = _policy(arm, schedule[0], sources, cfg, protocol)
+    plugins: list[Any] = [MemoryBudgetPlugin(policy, ListSchedule(schedule))]
+    if not _uses_recipe(arm, protocol, cfg):  # recipe arms: the items carry their augmentation
+        plugins.append(_augment_plugin(cfg.augment, seed))
+    if arm != "random" and cfg.recipe and any(b.has_soft_labels for b in sources.get(arm, [])):
+        plugins.append(SoftLabelPlugin(policy, seed=seed))  # soft labels reach the loss
     if protocol == "gdumb":
         plugins.append(GDumbStylePlugin(policy))
         epochs = cfg.gdumb_epochs
@@ -512,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="TextLogger files instead of InteractiveLogger")
+    p.add_argument("--no-recipe", action="store_true",
+                   help="train condensed memories with the benchmark's batch augmentation, not their recipe")
     p.add_argument("--progress", action="store_true", help="condensation progress bars")
     p.add_argument("--jobs", type=int, default=None,
                    help="seeds run in this many parallel processes of 1 thread each, merged into --out "
@@ -535,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, name, getattr(args, name))
     if args.iterations is not None:
         cfg.condense_overrides = {**cfg.condense_overrides, "iterations": args.iterations}
+    if args.no_recipe:
+        cfg.recipe = False
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else out / "cache"
     jobs = args.jobs if args.jobs is not None else min(len(cfg.seeds), os.cpu_count() or 1)

@@ -1,26 +1,34 @@
 """Federated benchmark: FedAvg on non-IID clients, with and without a shipped condensed buffer.
 
-Arms (same partition, same budget trace, same initial model, same client seeds):
+Arms (same partition, same traces, same initial model, same client seeds, same bytes rule):
 
-* ``none``        FedAvg, no shared data (buffer-mode ``off``);
-* ``random``      random real images per class, shipped as a buffer of the same format/bytes;
-* ``baseline-c``  plain condensation (IDC, no multisize hooks) cut to prefixes;
-* ``mdc``         multisize condensation (IDC + MDC hooks): every prefix trained to be good.
+* ``none``     FedAvg, no shared data (buffer-mode ``off``);
+* ``random``   random real images per class of the server split, shipped as a buffer;
+* ``herding``  real images of the server split in herding order (every prefix a herding set);
+* ``C``        plain condensation (no multisize hooks) cut to prefixes (MDC's Baseline C);
+* ``mdc``      multisize condensation (MDC hooks): every prefix trained to be good.
 
-Every round each client's budget comes from the same fluctuating trace; the server ships the
-largest prefix that fits and only the ranks the client lacks (``edgecond.federated.Shipper``),
-the client trains on local + condensed data (``clients.task.client_round``) and FedAvg
-aggregates (``flwr.serverapp.strategy`` ``aggregate_arrayrecords``, the function Flower's FedAvg
-uses). The rounds are driven **in-process** — the same functions the ServerApp/ClientApp call,
-without Flower's simulation engine (Ray start-up per arm would dominate a CPU benchmark). The apps
-themselves run under ``flwr run`` (tests/test_flower_sim.py).
+Honest federation: the server holds ``server_fraction`` (default 20 %) of the training set and
+condenses / selects only from it; the clients partition the rest with flwr-datasets
+(``clients.task.server_split`` / ``partition_indices``). Each (client, round) has a bandwidth
+budget and a device-memory budget from two independent log-normal traces whose medians are
+``budget_ipc`` ranks of the buffer (≈ 2-3 images per class): the server ships the largest
+prefix that fits both and only the ranks the client lacks; a client whose memory shrank drops
+ranks from the end (``PrefixCache.fit_memory``) and later gets a delta. Clients train local and
+condensed batches in the same steps, each with its own augmentation (condensed: the buffer's
+recipe) (``clients.task.client_round``); FedAvg aggregates (``aggregate_arrayrecords``, the
+function Flower's FedAvg uses). The rounds are driven **in-process** — the same functions the
+ServerApp/ClientApp call, without Flower's simulation engine (Ray start-up per arm would
+dominate a CPU benchmark). The apps themselves run under ``flwr run`` (tests/test_flower_sim.py).
 
 Usage::
 
     python benchmarks/federated.py --dataset digits --preset quick --out runs/bench-federated
 
-Writes ``OUT/federated.json`` (arms ``none``, ``random``, ``baseline-c``, ``mdc``, each with
-per-round ``accuracy`` and ``bytes`` lists), ``OUT/federated.md`` and ``OUT/federated.png``.
+Writes ``OUT/federated.json`` (per arm: per-round ``accuracy`` (mean over seeds),
+``accuracy_std``, ``bytes``, ``cumulative_bytes``, ``memory_bytes`` and ``mean_ipc``),
+``OUT/federated.md`` (final accuracy ± std, rounds to ``none``'s final accuracy, accuracy at
+equal cumulative bytes) and ``OUT/federated.png`` (accuracy vs round and vs cumulative bytes).
 Condensed buffers are cached in ``OUT/buffers/`` (reused when present).
 """
 from __future__ import annotations
@@ -37,19 +45,41 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 import numpy as np  # noqa: E402
 
-ARMS = ("none", "random", "baseline-c", "mdc")
+ARMS = ("none", "random", "herding", "C", "mdc")
+SHIPPING = ("random", "herding", "C", "mdc")
 
 PRESETS = {
-    # CPU minutes on digits: 10 clients, Dirichlet 0.1, ~2 ranks median budget per round
+    # CPU minutes on digits: 10 clients, Dirichlet 0.1, bandwidth and memory medians ~2.5 ranks
     "quick": dict(rounds=20, clients=10, alpha=0.1, local_epochs=1, lr=0.05, batch_size=32,
                   model="convnet", model_width=32, ipc=10, condense_preset="quick",
-                  condense_method="idc", budget="lognormal:median=2kB,sigma=0.5,seed=0",
-                  seeds=(0,)),
+                  condense_method="idc", budget_ipc=2.5, sigma=0.6, server_fraction=0.2,
+                  condensed_weight=0.5, seeds=(0, 1, 2)),
     "paper": dict(rounds=50, clients=20, alpha=0.1, local_epochs=2, lr=0.05, batch_size=32,
                   model="convnet", model_width=128, ipc=20, condense_preset="paper",
-                  condense_method="idc", budget="lognormal:median=4kB,sigma=0.5,seed=0",
-                  seeds=(0, 1, 2)),
+                  condense_method="idc", budget_ipc=2.5, sigma=0.6, server_fraction=0.2,
+                  condensed_weight=0.5, seeds=(0, 1, 2)),
 }
+
+
+#: herding on 8x8 images (as benchmarks/continual.py): the quick preset's default network and
+#: training steps cost minutes of CPU for no better order on digits-sized data
+HERDING_SMALL = {"model_kwargs": {"width": 32, "depth": 2, "norm": "instance"},
+                 "method_config": {"train_steps": 100, "batch": 128}}
+
+
+def traces_for(buffer, preset: dict, seed: int) -> tuple[str, str]:
+    """``(bandwidth trace, memory trace)`` specs: independent log-normal traces (seeds ``seed``
+    and ``seed + 1000``) whose median is the lean size of ``budget_ipc`` ranks of ``buffer``
+    (interpolated between whole ranks), so prefixes of every size are in use all run long.
+    An explicit ``budget`` / ``memory`` spec in the preset wins."""
+    k = float(preset.get("budget_ipc", 2.5))
+    lo, hi = max(1, int(k)), min(buffer.ipc, int(k) + 1)
+    b_lo, b_hi = buffer.bytes_for(lo, provenance=False), buffer.bytes_for(hi, provenance=False)
+    median = int(round(b_lo + (k - lo) * (b_hi - b_lo)))
+    sigma = float(preset.get("sigma", 0.6))
+    bw = preset.get("budget") or f"lognormal:median={median}B,sigma={sigma},seed={seed}"
+    mem = preset.get("memory") or f"lognormal:median={median}B,sigma={sigma},seed={seed + 1000}"
+    return bw, mem
 
 
 def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, device: str,
@@ -58,20 +88,24 @@ def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, 
 
     Buffers are cached in ``out_dir``; an existing file is reused (its condensation time is then
     read from the ``.json`` note written beside it, when present)."""
+    from clients.task import server_dataset
     from edgecond.buffer import MultisizeBuffer
     from edgecond.condense.engine import condense, condense_preset
     from edgecond.data import load_dataset
+    from edgecond.federated import FederatedConfig
 
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = None
     plans = {
         "random": ("random", "none", "quick"),
-        "baseline-c": (preset["condense_method"], "none", preset["condense_preset"]),
+        "herding": ("herding", "none", preset["condense_preset"]),
+        "C": (preset["condense_method"], "none", preset["condense_preset"]),
         "mdc": (preset["condense_method"], "mdc", preset["condense_preset"]),
     }
+    frac = float(preset.get("server_fraction", 0.2))
     result = {}
     for arm, (method, hooks, cpreset) in plans.items():
-        path = out_dir / f"{dataset_name}-{arm}-ipc{preset['ipc']}-s{seed}.safetensors"
+        path = out_dir / f"{dataset_name}-{arm}-{method}-ipc{preset['ipc']}-srv{frac:g}-s{seed}.safetensors"
         note = path.with_suffix(".json")
         if path.is_file():
             buf = MultisizeBuffer.load(path)  # validates
@@ -81,10 +115,15 @@ def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, 
             continue
         if arm not in arms:
             continue
-        dataset = dataset or load_dataset(dataset_name)
+        if dataset is None:  # the server's own split: the clients never see these images
+            full = load_dataset(dataset_name)
+            dataset = server_dataset(full, FederatedConfig(dataset=dataset_name, server_fraction=frac, seed=seed))
+            log(f"[buffers] server split: {len(dataset.y_train)} of {len(full.y_train)} training images")
         # the one resolver (MDC's Δt from the resolved iteration count)
-        cfg = condense_preset(method, cpreset, dataset, ipc=preset["ipc"], hooks=hooks, seed=seed,
-                              **dict(preset.get("condense_overrides") or {}))
+        overrides = dict(preset.get("condense_overrides") or {}) if arm in ("C", "mdc") else {}
+        if arm == "herding" and dataset.image_shape[-1] <= 8:  # 8x8: a small, briefly trained net
+            overrides = dict(HERDING_SMALL)
+        cfg = condense_preset(method, cpreset, dataset, ipc=preset["ipc"], hooks=hooks, seed=seed, **overrides)
         t0, c0 = time.perf_counter(), time.process_time()
         res = condense(dataset, cfg, device=device, progress=False)
         res.buffer.save(path)
@@ -110,24 +149,28 @@ def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
     net = task.build_net(fcfg, dataset)
     arrays = task.state_to_numpy(net)
     trace = parse_trace(fcfg.budget_trace)
+    mem_trace = parse_trace(fcfg.memory_trace) if fcfg.memory_trace else None
     shipper = Shipper(buffer, buffer_mode=fcfg.buffer_mode) if buffer is not None else None
     caches = {c: PrefixCache() for c in range(fcfg.num_partitions)}
     indices = {c: task.partition_indices(dataset.y_train.numpy(), c, fcfg.num_partitions,
                                          partitioner=fcfg.partitioner, alpha=fcfg.dirichlet_alpha,
-                                         seed=fcfg.seed)
+                                         seed=fcfg.seed, server_fraction=fcfg.server_fraction)
                for c in range(fcfg.num_partitions)}
     acc0 = task.central_evaluate(fcfg, arrays)["test-acc"]
-    out = {"accuracy": [], "bytes": [], "cumulative_bytes": [], "mean_ipc": [], "initial_accuracy": acc0}
+    out = {"accuracy": [], "bytes": [], "cumulative_bytes": [], "memory_bytes": [], "mean_ipc": [],
+           "initial_accuracy": acc0}
     t0, c0 = time.perf_counter(), time.process_time()
     total = 0
     for rnd in range(1, rounds + 1):
-        replies, sent, ipcs = [], 0, []
+        replies, sent, ipcs, held = [], 0, [], 0
         for c in range(fcfg.num_partitions):
             budget = int(trace.budget(c, rnd))
+            memory = int(mem_trace.budget(c, rnd)) if mem_trace is not None else None
             cache = caches[c]
             if shipper is not None:
+                cache.fit_memory(memory)  # the ClientApp's query does this before replying
                 plan, payload, records = shipper.handle(
-                    rnd, str(c), make_budget_reply(budget, cache.ipc, cache.digest))
+                    rnd, str(c), make_budget_reply(budget, cache.ipc, cache.digest, memory=memory))
                 transfer, received = read_transfer(RecordDict(records))
                 sent += plan.nbytes
             else:
@@ -136,6 +179,7 @@ def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
                                     arrays=arrays, cache=cache, transfer=transfer, payload=received,
                                     indices=indices[c])
             ipcs.append(res.metrics["ipc-used"])
+            held += int(res.metrics["held-bytes"])
             replies.append(RecordDict({
                 "arrays": ArrayRecord({k: Array(v) for k, v in res.arrays.items()}),
                 "metrics": MetricRecord({"num-examples": res.num_examples}),
@@ -148,8 +192,9 @@ def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
         out["bytes"].append(int(sent))
         out["cumulative_bytes"].append(int(total))
         out["mean_ipc"].append(float(np.mean(ipcs)))
+        out["memory_bytes"].append(int(held))
         log(f"[{arm}] round {rnd:3d}: acc {acc:.4f}  sent {sent:6d} B (total {total:7d})  "
-            f"mean ipc {np.mean(ipcs):.1f}  {time.perf_counter() - t0:.0f} s")
+            f"held {held:7d} B  mean ipc {np.mean(ipcs):.1f}  {time.perf_counter() - t0:.0f} s")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["cpu_s"] = round(time.process_time() - c0, 1)  # ~ uncontended wall time at --threads 1
     return out
@@ -162,16 +207,32 @@ def rounds_to_reach(acc: list[float], target: float) -> int | None:
     return None
 
 
+def accuracy_at_bytes(acc: list[float], cum: list[int], budget: int) -> float | None:
+    """Accuracy after the last round whose cumulative bytes are ``<= budget`` (None if none)."""
+    best = None
+    for a, b in zip(acc, cum):
+        if b <= budget:
+            best = a
+    return best
+
+
 def summarize(results: dict) -> list[dict]:
-    none_final = results["none"]["accuracy"][-1]
+    arms = [a for a in ARMS if a in results]
+    none_final = results["none"]["accuracy"][-1] if "none" in results else None
+    shipped = [results[a]["cumulative_bytes"][-1] for a in arms if a != "none" and results[a]["cumulative_bytes"][-1] > 0]
+    equal = min(shipped) if shipped else 0  # the bytes every shipping arm has spent by its end
     rows = []
-    for arm in ARMS:
+    for arm in arms:
         r = results[arm]
         rows.append({
             "arm": arm,
             "final_accuracy": r["accuracy"][-1],
+            "final_accuracy_std": (r.get("accuracy_std") or [0.0])[-1],
             "best_accuracy": max(r["accuracy"]),
-            "rounds_to_none_final": rounds_to_reach(r["accuracy"], none_final),
+            "rounds_to_none_final": rounds_to_reach(r["accuracy"], none_final) if none_final is not None else None,
+            "equal_bytes": equal,
+            "accuracy_at_equal_bytes": (r["accuracy"][-1] if arm == "none"
+                                        else accuracy_at_bytes(r["accuracy"], r["cumulative_bytes"], equal)),
             "total_bytes": r["cumulative_bytes"][-1],
             "wall_s": r["seconds"],
             "cpu_s": r.get("cpu_s"),
@@ -182,17 +243,22 @@ def summarize(results: dict) -> list[dict]:
 def write_outputs(out: Path, payload: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "federated.json").write_text(json.dumps(payload, indent=2))
+    cfg = payload["config"]
     lines = [
         f"# Federated benchmark: {payload['dataset']} ({payload['preset']})", "",
-        f"{payload['config']['clients']} clients, Dirichlet alpha={payload['config']['alpha']}, "
-        f"{payload['config']['rounds']} rounds, budget trace `{payload['config']['budget']}`, "
-        f"seed(s) {payload['config']['seeds']}.", "",
-        "| arm | final acc | best acc | rounds to none's final | total bytes | wall s | CPU s |",
-        "|---|---|---|---|---|---|---|",
+        f"{cfg['clients']} clients, Dirichlet alpha={cfg['alpha']}, {cfg['rounds']} rounds, server split "
+        f"{cfg.get('server_fraction')}, bandwidth and memory: log-normal traces, median {cfg.get('budget_ipc')} "
+        f"ranks, sigma {cfg.get('sigma')} (per seed: `{payload.get('traces', {})}`), seed(s) {cfg['seeds']}.", "",
+        "| arm | final acc (mean ± std) | best acc | rounds to none's final | acc at equal bytes | "
+        "total bytes | wall s | CPU s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["summary"]:
-        lines.append(f"| {row['arm']} | {row['final_accuracy']:.4f} | {row['best_accuracy']:.4f} | "
+        eq = row["accuracy_at_equal_bytes"]
+        lines.append(f"| {row['arm']} | {row['final_accuracy']:.4f} ± {row['final_accuracy_std']:.4f} | "
+                     f"{row['best_accuracy']:.4f} | "
                      f"{row['rounds_to_none_final'] if row['rounds_to_none_final'] is not None else '—'} | "
+                     f"{'—' if eq is None else f'{eq:.4f}'} ({row['equal_bytes']} B) | "
                      f"{row['total_bytes']} | {row['wall_s']} | {row['cpu_s']} |")
     (out / "federated.md").write_text("\n".join(lines) + "\n")
     try:
@@ -203,7 +269,7 @@ def write_outputs(out: Path, payload: dict) -> None:
     except ImportError:  # pragma: no cover
         return
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for arm in ARMS:
+    for arm in [a for a in ARMS if a in payload["arms"]]:
         r = payload["arms"][arm]
         xs = np.arange(1, len(r["accuracy"]) + 1)
         a1.plot(xs, r["accuracy"], marker=".", label=arm)
@@ -226,7 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buffers-dir", default=None, help="where condensed buffers are cached (default OUT/buffers)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--clients", type=int, default=None)
-    p.add_argument("--budget", default=None, help="budget trace spec (default: the preset's)")
+    p.add_argument("--budget", default=None, help="bandwidth trace spec (default: log-normal, median budget-ipc ranks)")
+    p.add_argument("--memory", default=None, help="memory trace spec (default: log-normal, median budget-ipc ranks)")
+    p.add_argument("--budget-ipc", type=float, default=None, help="median of both traces, in ranks (default 2.5)")
+    p.add_argument("--sigma", type=float, default=None, help="log-normal sigma of both traces (default 0.6)")
+    p.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha (default 0.1)")
+    p.add_argument("--partitioner", default="dirichlet", choices=["dirichlet", "iid"])
+    p.add_argument("--server-fraction", type=float, default=None, help="server split (default 0.2)")
+    p.add_argument("--local-epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ipc", type=int, default=None, help="ranks of the shipped buffers (default 10)")
+    p.add_argument("--iterations", type=int, default=None, help="condensation iterations of C/mdc (smoke runs)")
+    p.add_argument("--condense-method", default=None, help="base matcher of C/mdc (default idc)")
+    p.add_argument("--condensed-weight", type=float, default=None, help="mix-mode weight of the condensed batch")
     p.add_argument("--seeds", default=None, help="comma list (default: the preset's)")
     p.add_argument("--buffer-mode", default="mix", choices=["mix", "warmup"])
     p.add_argument("--buffer-seed", type=int, default=None,
@@ -247,9 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = dict(PRESETS[args.preset])
-    for key in ("rounds", "clients", "budget"):
+    for key in ("rounds", "clients", "budget", "memory", "budget_ipc", "sigma", "alpha", "server_fraction",
+                "local_epochs", "lr", "ipc", "condensed_weight", "condense_method"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
+    if args.iterations is not None:
+        preset["condense_overrides"] = dict(preset.get("condense_overrides") or {}, iterations=args.iterations)
+    preset["partitioner"] = args.partitioner
     if args.seeds:
         preset["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     out = Path(args.out)
@@ -268,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown arm(s) {unknown}; expected some of {', '.join(ARMS)}")
     per_seed = []
     buffer_info = {}
+    traces_info = {}
     incomplete = False
     for seed in preset["seeds"]:
         need_buffers = [a for a in run_now if a != "none"]
@@ -275,10 +358,19 @@ def main(argv: list[str] | None = None) -> int:
                                 seed=seed if args.buffer_seed is None else args.buffer_seed,
                                 device=args.device, log=log, arms=need_buffers)
         buffer_info[seed] = {arm: {"path": str(pth), "condense_s": s} for arm, (pth, s, _) in buffers.items()}
+        ref_arm = next((a for a in ("mdc", "C", "herding", "random") if a in buffers), None)
+        ref = MultisizeBuffer.load(buffers[ref_arm][0]) if ref_arm else None
+        if ref is None:  # only the none arm: traces from a buffer of the same shape, never shipped
+            ref = MultisizeBuffer.load(build_buffers(args.dataset, preset, Path(args.buffers_dir or out / "buffers"),
+                                                     seed=seed if args.buffer_seed is None else args.buffer_seed,
+                                                     device=args.device, log=log, arms=("random",))["random"][0])
+        bw_trace, mem_trace = traces_for(ref, preset, seed)
+        traces_info[seed] = {"bandwidth": bw_trace, "memory": mem_trace}
         results = {}
         for arm in ARMS:
             key = json.dumps({"arm": arm, "seed": seed, "dataset": args.dataset, "mode": args.buffer_mode,
                               "preset": {k: v for k, v in preset.items() if k != "seeds"},
+                              "traces": traces_info[seed],
                               "buffer": buffers[arm][2] if arm in buffers else None},
                              sort_keys=True, default=str)
             cache = out / "arms" / f"{arm}-s{seed}.json"
@@ -293,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             fcfg = FederatedConfig(
                 dataset=args.dataset, model=preset["model"], model_width=preset["model_width"],
                 buffer_mode="off" if arm == "none" else args.buffer_mode,
-                budget_trace=preset["budget"], local_epochs=preset["local_epochs"], lr=preset["lr"],
-                batch_size=preset["batch_size"], dirichlet_alpha=preset["alpha"],
+                budget_trace=bw_trace, memory_trace=mem_trace, local_epochs=preset["local_epochs"],
+                lr=preset["lr"], batch_size=preset["batch_size"], dirichlet_alpha=preset["alpha"],
+                partitioner=preset["partitioner"], server_fraction=preset["server_fraction"],
+                condensed_weight=preset["condensed_weight"],
                 num_partitions=preset["clients"], seed=seed, device=args.device).validate()
             buf = None if arm == "none" else MultisizeBuffer.load(buffers[arm][0])
             results[arm] = run_arm(arm, buf, fcfg, rounds=preset["rounds"], log=log)
@@ -313,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     arms = {}
-    for arm in ARMS:
+    for arm in [a for a in ARMS if a in per_seed[0]]:
         accs = np.array([r[arm]["accuracy"] for r in per_seed])
         byts = np.array([r[arm]["bytes"] for r in per_seed])
         cum = np.array([r[arm]["cumulative_bytes"] for r in per_seed])
@@ -322,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_std": [round(float(a), 4) for a in accs.std(0)],
             "bytes": [int(b) for b in byts.mean(0).round()],
             "cumulative_bytes": [int(b) for b in cum.mean(0).round()],
+            "memory_bytes": [int(b) for b in np.mean([r[arm]["memory_bytes"] for r in per_seed], 0).round()],
             "mean_ipc": [round(float(v), 2) for v in np.mean([r[arm]["mean_ipc"] for r in per_seed], 0)],
             "seconds": round(float(np.sum([r[arm]["seconds"] for r in per_seed])), 1),
             "cpu_s": round(float(np.sum([r[arm].get("cpu_s", float("nan")) for r in per_seed])), 1),
@@ -334,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "buffer_seed": args.buffer_seed,
         "driver": "in-process (edgecond.federated.Shipper + clients.task.client_round + flwr aggregate_arrayrecords)",
         "buffers": {str(k): v for k, v in buffer_info.items()},
+        "traces": {str(k): v for k, v in traces_info.items()},
         "arms": arms,
         "wall_s_this_invocation": round(time.perf_counter() - t_all, 1),
         # arms (all seeds) + each distinct buffer's condensation once

@@ -34,6 +34,14 @@ probed, so a stream yielding ``(x, int, int)`` (``nc_benchmark``) gets ``(x, int
 yielding ``(x, tensor)`` (``class_incremental_benchmark``) gets ``(x, tensor)`` with the same
 label dtype. Images are pixel space [0, 1] unless ``normalize=True`` (the buffer's mean/std).
 
+**Training recipe.** Memory items carry their buffer's augmentation
+(:mod:`edgecond.recipe`: the DSA ops, strength and flip policy the buffer was evaluated with;
+older buffers get the protocol defaults): every ``memory[i]`` is a fresh augmented view
+(``augment=False`` turns it off). CutMix is a batch operation and soft labels are not class ids,
+so neither fits an item; :class:`SoftLabelPlugin` adds them: every training step it draws a
+batch from the memory by the recipe (augmentation, CutMix, the buffer's soft labels as targets)
+and adds its soft cross-entropy to the strategy's loss.
+
 Two more plugins: :class:`MemoryBudgetPlugin` applies a budget schedule (one budget per
 experience) by calling ``storage_policy.resize`` before each experience — it works with any
 ``ExemplarsBuffer``; :class:`GDumbStylePlugin` is GDumb's protocol (re-initialise the model and
@@ -60,7 +68,7 @@ from edgecond.continual import UNITS, allocate, make_schedule, memory_used, unit
 from edgecond.errors import BudgetError, ConfigError
 from edgecond.formation import decode_numpy
 
-__all__ = ["CondensedBuffer", "MemoryBudgetPlugin", "GDumbStylePlugin", "buffer_class_labels"]
+__all__ = ["CondensedBuffer", "MemoryBudgetPlugin", "GDumbStylePlugin", "SoftLabelPlugin", "buffer_class_labels"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,22 +143,47 @@ class _ItemFormat:
         return int(value)
 
 
+@dataclass
+class _ItemAugment:
+    """Per-item augmentation of one buffer's memory images by its recipe (numpy)."""
+
+    recipe: Any
+    mean: np.ndarray      # [1, C, 1, 1]
+    std: np.ndarray
+    normalized: bool      # items are already (x - mean) / std
+    rng: np.random.Generator
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from edgecond import recipe as _recipe
+
+        a = x.detach().cpu().numpy()[None].astype(np.float32)
+        z = a if self.normalized else (a - self.mean) / self.std
+        z = _recipe.augment_batch(z, self.recipe, self.rng)
+        out = z if self.normalized else z * self.std + self.mean
+        return torch.from_numpy(np.ascontiguousarray(out[0])).to(x.dtype)
+
+
 class _MemoryItems(torch.utils.data.Dataset):
     """The memory's raw items ``(x, y)`` with the stream's label type (``t`` is kept for the
-    task-label data attribute)."""
+    task-label data attribute); ``aug[i]`` (when given) augments item ``i`` on every access."""
 
-    def __init__(self, x: torch.Tensor, y: Sequence[int], t: Sequence[int], fmt: _ItemFormat):
+    def __init__(self, x: torch.Tensor, y: Sequence[int], t: Sequence[int], fmt: _ItemFormat,
+                 aug: Sequence[Any] | None = None):
         self.x = x
         self.y = [int(v) for v in y]
         self.t = [int(v) for v in t]
         self.fmt = fmt
+        self.aug = aug
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int):
         # (x, y); for task-aware streams Avalanche's dataset appends the task label itself
-        return self.x[i], self.fmt.make(self.y[i], self.fmt.label, self.fmt.label_dtype)
+        x = self.x[i]
+        if self.aug is not None and self.aug[i] is not None:
+            x = self.aug[i](x)
+        return x, self.fmt.make(self.y[i], self.fmt.label, self.fmt.label_dtype)
 
 
 @dataclass
@@ -181,6 +214,9 @@ class CondensedBuffer(ExemplarsBuffer):
     :param transform: optional Avalanche transform applied to each memory image (both the train
         and eval groups), e.g. the stream's tensor transform.
     :param label_map: buffer class id → stream class id, for streams that relabel classes.
+    :param augment: items are augmented by their buffer's recipe on every access (default);
+        ``False`` gives the stored images as they are.
+    :param seed: seeds the item augmentation (numpy ``default_rng``; global state untouched).
     """
 
     def __init__(
@@ -192,6 +228,8 @@ class CondensedBuffer(ExemplarsBuffer):
         normalize: bool = False,
         transform: Callable | None = None,
         label_map: Mapping[int, int] | None = None,
+        augment: bool = True,
+        seed: int = 0,
     ):
         if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or max_size < 0:
             raise BudgetError(f"max_size={max_size!r}; expected a non-negative int (memory budget in {unit}).")
@@ -202,6 +240,9 @@ class CondensedBuffer(ExemplarsBuffer):
         self.normalize = bool(normalize)
         self.transform = transform
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        self.augment = bool(augment)
+        self._rng = np.random.default_rng(int(seed))
+        self._augs: dict[int, _ItemAugment] = {}      # id(buffer) -> its item augmentation
         self._source = buffers
         if isinstance(buffers, (MultisizeBuffer, str, Path)):
             self._single = _load(buffers, "buffers")
@@ -330,7 +371,7 @@ class CondensedBuffer(ExemplarsBuffer):
         avail = {c: int(self._classes[c].buffer.ipc) for c in order}
         cost = self.cost_per_image()
         self.counts = allocate(avail, self.max_size, cost_per_image=cost) if order else {}
-        xs, ys, ts = [], [], []
+        xs, ys, ts, augs = [], [], [], []
         for c in order:
             n = self.counts[c]
             if n == 0:
@@ -340,12 +381,13 @@ class CondensedBuffer(ExemplarsBuffer):
             xs.append(x)
             ys += [c] * len(x)
             ts += [self._classes[c].task] * len(x)
+            augs += [self.item_augment(self._classes[c].buffer)] * len(x)
         fmt = self._format or _ItemFormat()
         if xs:
             x_all = torch.cat(xs)
         else:
             x_all = torch.zeros((0,))
-        self.buffer = self._make_dataset(x_all, ys, ts, fmt)
+        self.buffer = self._make_dataset(x_all, ys, ts, fmt, augs if self.augment else None)
         self.history.append({
             "reason": reason,
             "max_size": self.max_size,
@@ -355,8 +397,57 @@ class CondensedBuffer(ExemplarsBuffer):
             "counts": dict(self.counts),
         })
 
-    def _make_dataset(self, x: torch.Tensor, ys: list[int], ts: list[int], fmt: _ItemFormat):
-        items = _MemoryItems(x, ys, ts, fmt)
+    def item_augment(self, buf: MultisizeBuffer) -> _ItemAugment:
+        """The per-item augmentation of ``buf``'s memory images: its recipe (flip policy from the
+        data facts it records; :func:`edgecond.recipe.recipe_of`)."""
+        key = id(buf)
+        if key not in self._augs:
+            from edgecond.recipe import recipe_of
+
+            c = len(buf.meta.mean)
+            self._augs[key] = _ItemAugment(
+                recipe_of(buf, flips=_flips_of(buf)),
+                np.asarray(buf.meta.mean, dtype=np.float32).reshape(1, c, 1, 1),
+                np.asarray(buf.meta.std, dtype=np.float32).reshape(1, c, 1, 1),
+                self.normalize, self._rng)
+        return self._augs[key]
+
+    def training_set(self) -> tuple[np.ndarray, np.ndarray, list]:
+        """The held memory as the recipe trains on it: pixel-space images [M, C, H, W], target
+        distributions [M, L] over stream class ids (soft labels where the buffer has them,
+        one-hot otherwise) and the recipe of each buffer involved (for :class:`SoftLabelPlugin`)."""
+        from edgecond.recipe import targets_of
+
+        xs, ts, recipes = [], [], []
+        width = max([c for c in self._classes] + [0]) + 1
+        for c in sorted(self._classes):
+            n = self.counts.get(c, 0)
+            if n == 0:
+                continue
+            s = self._classes[c]
+            buf, f2 = s.buffer, int(s.buffer.factor) ** 2
+            images = buf.images_class_major(n)[s.slot]
+            xs.append(decode_numpy(images, int(buf.factor)))
+            aug = self.item_augment(buf)
+            soft = buf.soft_targets(n, decode=False)  # [n*K, f², L], rank-major
+            if soft is None:
+                t = targets_of(np.full(n * f2, c), width)
+            else:  # soft labels are over the model's outputs (spec §3): stream class ids
+                t = targets_of(np.zeros(n * f2, np.int64), soft.shape[-1],
+                               soft[s.slot::buf.num_classes].reshape(n * f2, -1),
+                               soft_kind=(buf.meta.soft or {}).get("kind", "logits"),
+                               temperature=aug.recipe.temperature)
+            ts.append(t)
+            recipes.append(aug.recipe)
+        if not xs:
+            return np.zeros((0,)), np.zeros((0, width), np.float32), []
+        L = max(t.shape[1] for t in ts)
+        ts = [np.pad(t, ((0, 0), (0, L - t.shape[1]))) for t in ts]
+        return np.concatenate(xs).astype(np.float32), np.concatenate(ts), recipes
+
+    def _make_dataset(self, x: torch.Tensor, ys: list[int], ts: list[int], fmt: _ItemFormat,
+                      augs: list | None = None):
+        items = _MemoryItems(x, ys, ts, fmt, augs)
         kwargs = {}
         if self.transform is not None:
             kwargs["transform"] = self.transform
@@ -377,9 +468,81 @@ class CondensedBuffer(ExemplarsBuffer):
                 "items": len(self.buffer), "counts": {str(c): n for c, n in self.counts.items()}}
 
 
+def _flips_of(buf: MultisizeBuffer) -> bool:
+    from edgecond.data import flips_of_buffer
+
+    return flips_of_buffer(buf.meta)
+
+
 # --------------------------------------------------------------------------------------------
 # plugins
 # --------------------------------------------------------------------------------------------
+
+
+def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against target distributions."""
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+class SoftLabelPlugin(SupervisedPlugin):
+    """Soft labels (and CutMix) of a :class:`CondensedBuffer` in the loss.
+
+    Before every backward pass it draws one batch of the memory by the buffer's recipe
+    (:func:`edgecond.recipe.recipe_batches`: augmentation, CutMix, soft labels as targets; the
+    memory's own batch size is ``batch_size``, default the recipe's for the memory's size) and
+    adds ``weight × soft-CE(model(x), targets)`` to ``strategy.loss``. Use it beside
+    ``ReplayPlugin``/``GDumbStylePlugin``; it is a no-op while the memory is empty.
+    """
+
+    def __init__(self, storage_policy: "CondensedBuffer", *, weight: float = 1.0,
+                 batch_size: int | None = None, seed: int = 0):
+        super().__init__()
+        if not isinstance(storage_policy, CondensedBuffer):
+            raise ConfigError(f"storage_policy is a {type(storage_policy).__name__}; expected a CondensedBuffer.")
+        if not weight >= 0:
+            raise ConfigError(f"weight={weight!r}; expected a non-negative float.")
+        self.storage_policy = storage_policy
+        self.weight = float(weight)
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(int(seed))
+        self._stream = None
+        self._version = None
+
+    def _next(self):
+        from edgecond.recipe import recipe_batches
+
+        policy = self.storage_policy
+        version = len(policy.history)
+        if self._stream is None or self._version != version:
+            x, t, recipes = policy.training_set()
+            if len(x) == 0:
+                return None
+            buf = next(iter(policy._classes.values())).buffer
+            mean, std = (buf.meta.mean, buf.meta.std)
+            # one recipe for the whole memory: the first buffer's (buffers of one stream share it)
+            self._stream = recipe_batches(x, t, recipes[0], self.rng, mean=mean, std=std,
+                                          batch_size=self.batch_size, steps=1 << 62)
+            self._version = version
+            self._normalized_inputs = policy.normalize
+            self._mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+            self._std = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+        return next(self._stream)
+
+    def before_backward(self, strategy: Any, **kwargs) -> None:
+        if self.weight == 0:
+            return
+        batch = self._next()
+        if batch is None:
+            return
+        xb, tb = batch  # normalised by the buffer's mean/std
+        if not self._normalized_inputs:  # the stream's items are pixel space: match them
+            xb = xb * self._std + self._mean
+        device = getattr(strategy, "device", "cpu")
+        out = strategy.model(torch.from_numpy(np.ascontiguousarray(xb)).to(device))
+        t = torch.from_numpy(tb).to(device)
+        if t.shape[1] < out.shape[1]:
+            t = torch.nn.functional.pad(t, (0, out.shape[1] - t.shape[1]))
+        strategy.loss = strategy.loss + self.weight * _soft_ce(out, t[:, : out.shape[1]])
 
 
 class MemoryBudgetPlugin(SupervisedPlugin):

@@ -2,7 +2,12 @@
 
 Thin adapter over :mod:`clients.task` and :mod:`edgecond.federated`. Node config
 (``--node-config`` in a deployment; set automatically in simulation):
-``partition-id``, ``num-partitions`` and optionally ``budget-trace`` (overrides the run config's).
+``partition-id``, ``num-partitions`` and optionally ``budget-trace`` / ``memory-trace``
+(override the run config's): this round's bandwidth and device memory for the held prefix.
+When memory shrinks the client drops ranks from the end of its prefix *before* replying (a
+prefix of a multisize buffer is still a buffer), so the server then sends only a delta when it
+grows again. Partitions are drawn from the clients' share of the training set (the server keeps
+``server-fraction`` of it to condense from; ``clients.task.server_split``).
 
 ``context.state`` keeps, across rounds: the received prefix (``edgecond-cache``, raw bytes of a
 valid buffer file in an ``ArrayRecord``, with its ipc/id in ``edgecond-cache-meta``) and the
@@ -79,20 +84,39 @@ def _indices(context: Context, cfg, pid: int, num: int) -> np.ndarray:
         return context.state[PARTITION_RECORD]["indices"].numpy()
     dataset = task.load_data(cfg.dataset)
     idx = task.partition_indices(dataset.y_train.numpy(), pid, num, partitioner=cfg.partitioner,
-                                 alpha=cfg.dirichlet_alpha, seed=cfg.seed)
+                                 alpha=cfg.dirichlet_alpha, seed=cfg.seed,
+                                 server_fraction=cfg.server_fraction)
     context.state[PARTITION_RECORD] = ArrayRecord({"indices": Array(np.asarray(idx, dtype=np.int64))})
     return idx
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Reply with this round's bandwidth budget and what the prefix cache holds."""
+    """Reply with this round's bandwidth and memory budgets and what the prefix cache holds
+    (after dropping the ranks that no longer fit this round's memory)."""
+    return Message(budget_reply(context, _round(msg)), reply_to=msg)
+
+
+def budget_reply(context: Context, rnd: int) -> RecordDict:
+    """The query reply's content for round ``rnd``: bandwidth from ``budget-trace``, memory from
+    ``memory-trace``; the held prefix is first cut to the memory (ranks dropped from the end,
+    the smaller prefix kept in ``context.state``), so ``have`` is what the device still holds."""
     cfg = config_from_run_config(context.run_config)
     pid, _ = _node(context, cfg)
     trace = parse_trace(str(context.node_config.get("budget-trace", cfg.budget_trace)))
     cache = PrefixCache.from_state(context.state)
-    budget = int(trace.budget(pid, _round(msg)))
-    return Message(make_budget_reply(budget, cache.ipc, cache.digest, partition=pid), reply_to=msg)
+    budget = int(trace.budget(pid, rnd))
+    memory = memory_budget(context, cfg, pid, rnd)
+    if cache.fit_memory(memory):
+        cache.to_state(context.state)
+    return make_budget_reply(budget, cache.ipc, cache.digest, partition=pid, memory=memory)
+
+
+def memory_budget(context: Context, cfg, pid: int, rnd: int) -> int | None:
+    """This round's device memory for the held prefix (node config ``memory-trace``, else the run
+    config's); ``None`` when neither sets one (unlimited)."""
+    spec = str(context.node_config.get("memory-trace", cfg.memory_trace) or "")
+    return int(parse_trace(spec).budget(pid, rnd)) if spec else None
 
 
 @app.train()

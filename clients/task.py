@@ -20,16 +20,21 @@ from edgecond.data import ImageDataset, load_dataset
 from edgecond.errors import FederatedError
 from edgecond.federated import FederatedConfig, PrefixCache
 from edgecond.models import build_model
-from edgecond.utils import make_generator, resolve_device
+from edgecond.recipe import Recipe
+from edgecond.utils import resolve_device
 
 __all__ = [
     "load_data",
+    "server_split",
+    "server_dataset",
     "partition_indices",
     "local_data",
     "build_net",
     "state_to_numpy",
     "numpy_to_state",
     "train",
+    "CondensedSet",
+    "condensed_set",
     "test",
     "client_round",
     "ClientResult",
@@ -64,15 +69,39 @@ def _partitions(labels: tuple, num_partitions: int, partitioner: str, alpha: flo
                  for i in range(num_partitions))
 
 
+def server_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(server, clients)``: disjoint training-set indices. The server holds ``fraction`` of
+    every class (at least one image of each class when ``fraction > 0``; stratified, seeded);
+    the clients partition the rest. ``fraction = 0``: the server holds nothing."""
+    y = np.asarray(labels).reshape(-1)
+    if not 0.0 <= float(fraction) < 1.0:
+        raise FederatedError(f"server-fraction = {fraction} must be within [0, 1) (default 0.2).")
+    if float(fraction) == 0.0:
+        return np.zeros(0, dtype=np.int64), np.arange(len(y), dtype=np.int64)
+    rng = np.random.default_rng([int(seed), 20_241_203])
+    server = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = min(len(idx) - 1, max(1, int(round(len(idx) * float(fraction))))) if len(idx) > 1 else 0
+        server.append(rng.permutation(idx)[:k])
+    srv = np.sort(np.concatenate(server).astype(np.int64)) if server else np.zeros(0, np.int64)
+    mask = np.ones(len(y), dtype=bool)
+    mask[srv] = False
+    return srv, np.flatnonzero(mask).astype(np.int64)
+
+
 def partition_indices(labels, partition_id: int, num_partitions: int, *, partitioner: str = "dirichlet",
-                      alpha: float = 0.1, seed: int = 0) -> np.ndarray:
-    """Training-set indices of partition ``partition_id`` (Dirichlet over labels, or IID)."""
+                      alpha: float = 0.1, seed: int = 0, server_fraction: float = 0.0) -> np.ndarray:
+    """Training-set indices of partition ``partition_id`` (Dirichlet over labels, or IID), drawn
+    from the clients' share of the training set (all of it minus :func:`server_split`)."""
     if not 0 <= int(partition_id) < int(num_partitions):
         raise FederatedError(
             f"partition-id {partition_id} is outside [0, {num_partitions}); set the node's "
             "--node-config 'partition-id=I num-partitions=N' with 0 <= I < N."
         )
-    y = tuple(int(v) for v in np.asarray(labels).reshape(-1))
+    labels = np.asarray(labels).reshape(-1)
+    _, pool = server_split(labels, server_fraction, seed)
+    y = tuple(int(v) for v in labels[pool])
     try:
         parts = _partitions(y, int(num_partitions), partitioner, float(alpha), int(seed))
     except ValueError as err:
@@ -80,7 +109,20 @@ def partition_indices(labels, partition_id: int, num_partitions: int, *, partiti
             f"cannot split {len(y)} examples into {num_partitions} {partitioner} partitions "
             f"(alpha={alpha}): {err}. Use fewer partitions or a larger dirichlet-alpha."
         ) from None
-    return parts[int(partition_id)]
+    return pool[parts[int(partition_id)]]
+
+
+def server_dataset(dataset: ImageDataset, cfg: FederatedConfig) -> ImageDataset:
+    """The server's own data: the training split restricted to :func:`server_split` (test split
+    and normalisation statistics unchanged, so the model sees one normalisation everywhere)."""
+    import dataclasses
+
+    if cfg.server_fraction <= 0:
+        return dataset
+    srv, _ = server_split(dataset.y_train.numpy(), cfg.server_fraction, cfg.seed)
+    t = torch.from_numpy(srv)
+    return dataclasses.replace(dataset, x_train=dataset.x_train[t], y_train=dataset.y_train[t],
+                               source=f"{dataset.source} server split {cfg.server_fraction:g} seed {cfg.seed}")
 
 
 def local_data(dataset: ImageDataset, cfg: FederatedConfig, partition_id: int, num_partitions: int,
@@ -92,7 +134,8 @@ def local_data(dataset: ImageDataset, cfg: FederatedConfig, partition_id: int, n
     recomputing the partition."""
     idx = indices if indices is not None else partition_indices(
         dataset.y_train.numpy(), partition_id, num_partitions,
-        partitioner=cfg.partitioner, alpha=cfg.dirichlet_alpha, seed=cfg.seed)
+        partitioner=cfg.partitioner, alpha=cfg.dirichlet_alpha, seed=cfg.seed,
+        server_fraction=cfg.server_fraction)
     idx = np.asarray(idx, dtype=np.int64)
     rng = np.random.default_rng([cfg.seed, int(partition_id)])
     idx = idx[rng.permutation(len(idx))]
@@ -133,51 +176,133 @@ def numpy_to_state(net: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
                          for k in state})
 
 
-def _epochs(net, x, y, *, epochs, lr, batch_size, gen, normalize, device, prox=None) -> float:
-    if len(x) == 0 or epochs <= 0:
+def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against target distributions (one-hot, CutMix-mixed or soft labels)."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def _prox_term(net, prox):
+    if prox is None:
         return 0.0
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    net.train()
-    total, count = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), batch_size):
-            b = order[start:start + batch_size]
-            xb = normalize(x[b]).to(device)
-            yb = y[b].to(device)
-            loss = F.cross_entropy(net(xb), yb)
-            if prox is not None:
-                mu, ref = prox
-                loss = loss + 0.5 * mu * sum(((p - r) ** 2).sum() for p, r in zip(net.parameters(), ref))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-            count += len(b)
-    return total / max(count, 1)
+    mu, ref = prox
+    return 0.5 * mu * sum(((p - r) ** 2).sum() for p, r in zip(net.parameters(), ref))
 
 
-def train(net: nn.Module, x_local: torch.Tensor, y_local: torch.Tensor, x_syn: torch.Tensor | None,
-          y_syn: torch.Tensor | None, *, mode: str, epochs: int, warmup_epochs: int, lr: float,
-          batch_size: int, seed: int, normalize, device="cpu", proximal_mu: float = 0.0) -> float:
-    """Local training. ``mode``: ``mix`` (local + condensed, shuffled together), ``warmup``
-    (``warmup_epochs`` on the condensed set, then ``epochs`` on local data) or ``off``.
-    Inputs are pixel space; ``normalize`` maps them to model inputs. Returns the mean loss."""
+@dataclass
+class CondensedSet:
+    """The held condensed prefix as a client trains on it: pixel-space images, target
+    distributions (one-hot, or the buffer's soft labels) and the buffer's training recipe."""
+
+    x: np.ndarray
+    targets: np.ndarray
+    recipe: "Recipe"
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def condensed_set(buf, num_classes: int, *, flips: bool | None = None) -> CondensedSet:
+    """Turn a held buffer prefix into a :class:`CondensedSet` (decoded images, soft labels
+    when the buffer has them, its recipe — or the protocol defaults for older buffers)."""
+    from edgecond.data import flips_of_buffer
+    from edgecond.recipe import recipe_of, targets_of
+
+    xs, ys = buf.training_arrays(buf.ipc)
+    recipe = recipe_of(buf, flips=flips_of_buffer(buf.meta) if flips is None else flips)
+    soft = buf.soft_targets(buf.ipc)
+    kind = (buf.meta.soft or {}).get("kind", "logits")
+    t = targets_of(ys, num_classes, soft, soft_kind=kind, temperature=recipe.temperature)
+    return CondensedSet(np.ascontiguousarray(xs, dtype=np.float32), t, recipe)
+
+
+def _local_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return np.array_split(rng.permutation(n), max(1, -(-n // batch_size)))
+
+
+def train(net: nn.Module, x_local: torch.Tensor, y_local: torch.Tensor, condensed: CondensedSet | None, *,
+          mode: str, epochs: int, warmup_epochs: int, lr: float, batch_size: int, seed: int,
+          mean, std, flips: bool = False, device="cpu", proximal_mu: float = 0.0,
+          condensed_weight: float = 0.5) -> float:
+    """Local training on pixel-space local data (+ a held condensed prefix). Returns the mean loss.
+
+    ``mode``:
+
+    * ``mix`` — every step takes one batch of local images **and** one batch of condensed images;
+      loss ``= (1 - w) · CE(local) + w · CE(condensed)`` with ``w = condensed_weight`` (default
+      0.5: the condensed prefix counts as much as the local batch, whatever the two sets' sizes).
+      An epoch is one pass over the local data; the condensed stream cycles through its own
+      shuffled epochs. A client with no local data trains on the condensed set alone (``w = 1``).
+    * ``warmup`` — ``warmup_epochs`` on the condensed set alone (its recipe), then local epochs.
+    * ``off`` — local only.
+
+    Augmentation (``edgecond.recipe.augment_batch``, on normalised images): local images get
+    :func:`edgecond.recipe.real_recipe` (random crop, + flip where the data allows), condensed
+    images get **their buffer's recipe** (its DSA ops, strength, CutMix, flip policy); their
+    targets are the buffer's soft labels when it has them. The federation's ``lr`` drives one
+    SGD optimiser (momentum 0.9, weight decay 5e-4) for both.
+    """
+    from edgecond.recipe import augment_batch, real_recipe, recipe_batches
+
     device = resolve_device(device)
     net.to(device)
-    gen = make_generator(seed)
-    prox = None
-    if proximal_mu > 0:
-        prox = (proximal_mu, [p.detach().clone() for p in net.parameters()])
-    has_syn = x_syn is not None and len(x_syn) > 0
-    kw = dict(lr=lr, batch_size=batch_size, gen=gen, normalize=normalize, device=device, prox=prox)
-    if mode == "mix" and has_syn:
-        x = torch.cat([x_local, x_syn.to(x_local.dtype)])
-        y = torch.cat([y_local, y_syn.to(y_local.dtype)])
-        return _epochs(net, x, y, epochs=epochs, **kw)
-    if mode == "warmup" and has_syn:
-        _epochs(net, x_syn.to(x_local.dtype), y_syn.to(y_local.dtype), epochs=warmup_epochs, **kw)
-    return _epochs(net, x_local, y_local, epochs=epochs, **kw)
+    net.train()
+    rng = np.random.default_rng(int(seed))
+    prox = (proximal_mu, [p.detach().clone() for p in net.parameters()]) if proximal_mu > 0 else None
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    mu = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    sd = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    xl = x_local.detach().cpu().numpy().astype(np.float32, copy=False)
+    yl = y_local.detach().cpu().numpy().astype(np.int64, copy=False)
+    has_syn = condensed is not None and len(condensed) > 0 and mode != "off"
+    w = min(max(float(condensed_weight), 0.0), 1.0)
+    local_aug = real_recipe(flips)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    total, count = 0.0, 0
+
+    def step(loss) -> None:
+        nonlocal total, count
+        loss = loss + _prox_term(net, prox)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        count += 1
+
+    def local_x(idx):
+        return augment_batch((xl[idx] - mu) / sd, local_aug, rng)
+
+    def local_loss(idx):
+        return F.cross_entropy(net(t(local_x(idx))), t(yl[idx]))
+
+    def mixed_loss(idx, xs, ts):
+        # one forward pass over [local | condensed] (instance norm: the same as two passes;
+        # batch norm: statistics over the mixed batch)
+        out = net(t(np.concatenate([local_x(idx), xs])))
+        n = len(idx)
+        return (1.0 - w) * F.cross_entropy(out[:n], t(yl[idx])) + w * _soft_ce(out[n:], t(ts))
+
+    def syn_stream(steps=None):
+        return recipe_batches(condensed.x, condensed.targets, condensed.recipe, rng, mean=mean, std=std,
+                              batch_size=min(batch_size, condensed.recipe.for_size(len(condensed)).batch_size),
+                              steps=steps)
+
+    if has_syn and (mode == "warmup" or len(xl) == 0):
+        for _ in range(warmup_epochs if mode == "warmup" and len(xl) else epochs):
+            for xb, tb in syn_stream():
+                step(_soft_ce(net(t(xb)), t(tb)))
+        if len(xl) == 0:
+            return total / max(count, 1)
+    if len(xl) == 0:
+        return 0.0
+    for _ in range(epochs):
+        batches = _local_batches(len(xl), batch_size, rng)
+        if mode == "mix" and has_syn:
+            for idx, (xs, ts) in zip(batches, syn_stream(steps=len(batches))):
+                step(mixed_loss(idx, xs, ts))
+        else:
+            for idx in batches:
+                step(local_loss(idx))
+    return total / max(count, 1)
 
 
 @torch.no_grad()
@@ -212,27 +337,33 @@ def client_round(cfg: FederatedConfig, *, partition_id: int, num_partitions: int
     """One ClientApp training round: apply the received transfer to ``cache`` (in place), then
     train on the local partition (+ the held condensed prefix) and report metrics."""
     received = cache.apply(transfer, payload)
+    memory = int(transfer.get("memory", -1)) if transfer else -1
+    dropped = cache.fit_memory(memory) if memory >= 0 else 0  # never train on more than fits
     dataset = load_data(cfg.dataset)
     x_tr, y_tr, _, _ = local_data(dataset, cfg, partition_id, num_partitions, indices)
-    x_syn = y_syn = None
+    syn = None
     buf = cache.buffer
     mode = str(transfer.get("buffer-mode", cfg.buffer_mode)) if transfer else cfg.buffer_mode
     if buf is not None and mode != "off":
-        xs, ys = buf.training_arrays(buf.ipc)
-        x_syn, y_syn = torch.from_numpy(np.ascontiguousarray(xs)).float(), torch.from_numpy(np.asarray(ys)).long()
+        syn = condensed_set(buf, dataset.num_classes)
     net = build_net(cfg, dataset)
     numpy_to_state(net, arrays)
-    loss = train(net, x_tr, y_tr, x_syn, y_syn, mode=mode,
+    loss = train(net, x_tr, y_tr, syn, mode=mode,
                  epochs=cfg.local_epochs if local_epochs is None else int(local_epochs),
                  warmup_epochs=cfg.warmup_epochs, lr=cfg.lr if lr is None else float(lr),
                  batch_size=cfg.batch_size, seed=(cfg.seed * 1_000_003 + int(partition_id) * 1009 + int(rnd)) % (2**31),
-                 normalize=dataset.normalize, device=cfg.device, proximal_mu=proximal_mu)
+                 mean=dataset.mean, std=dataset.std, flips=bool(getattr(dataset, "flips", False)),
+                 device=cfg.device, proximal_mu=proximal_mu, condensed_weight=cfg.condensed_weight)
     metrics = {
         "train-loss": float(loss),
         "bytes-received": int(received),
         "ipc-used": int(cache.ipc if mode != "off" else 0),
         "budget-bytes": int(transfer.get("budget", 0)) if transfer else 0,
-        "synthetic-examples": int(0 if x_syn is None else len(x_syn)),
+        "memory-bytes": memory,
+        "held-bytes": int(cache.held_bytes),
+        "ranks-dropped": int(dropped),
+        "synthetic-examples": int(0 if syn is None else len(syn)),
+        "soft-labels": int(bool(buf is not None and buf.has_soft_labels and syn is not None)),
         "local-examples": int(len(x_tr)),
     }
     return ClientResult(arrays=state_to_numpy(net), num_examples=max(int(len(x_tr)), 1), metrics=metrics)

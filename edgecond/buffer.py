@@ -97,7 +97,7 @@ _ST_NAMES = {v: k for k, v in _NP_TO_ST.items()}
 _TENSOR_DTYPES = {"images": ("U8", "F16", "F32"), "soft_labels": ("F16", "F32")}
 # spec §3: essential keys (covered by the digest chain's seed; every slice keeps them) ...
 _REQUIRED_KEYS = ("classes", "dataset", "digest", "format", "mean", "std")
-_OPTIONAL_KEYS = ("factor", "labels", "soft", "space")  # written only when not the default
+_OPTIONAL_KEYS = ("factor", "labels", "recipe", "soft", "space")  # written only when not the default
 # ... provenance keys (descriptive; covered by PROV_KEY; dropped by provenance=False)
 PROVENANCE_KEYS = ("accuracy", "config", "extra", "method")
 PROV_KEY = "prov"
@@ -434,6 +434,8 @@ class BufferMeta:
     tensors: tuple[TensorSpec, ...] = field(default=(), repr=False)
     raw: Mapping[str, str] = field(default_factory=dict, repr=False)  # metadata minus digest
     provenance_digest: str = ""  # metadata 'prov': digest of the provenance keys ("" in lean files)
+    #: the training recipe (``edgecond.recipe.Recipe``, essential key ``recipe``); None when absent
+    recipe: Any = None
 
     @property
     def has_provenance(self) -> bool:
@@ -583,6 +585,7 @@ class BufferMeta:
             "rank_bytes": self.rank_bytes,
             "has_provenance": self.has_provenance,
             "provenance_digest": self.provenance_digest,
+            "recipe": self.recipe.to_json() if self.recipe is not None else None,
         }
 
 
@@ -825,7 +828,7 @@ def _parse_header_checked(src: str, js: bytes, hlen: int, total_size: int, *, ki
         dtype=_ST_NAMES[dt], ipc=n, factor=factor,
         mean=stats["mean"], std=stats["std"], method=method, config=config, accuracy=accuracy,
         soft=soft, extra=extra, space="pixel", format=FORMAT, digests=digests, tensors=order,
-        raw=base_md, provenance_digest=prov,
+        raw=base_md, provenance_digest=prov, recipe=_check_recipe(src, md),
     )
     return _Layout(meta=meta, n=n, data_start=data_start, begins=begins, seed=seed,
                    chain=chain, start=start, anchor=anchor)
@@ -962,6 +965,7 @@ class MultisizeBuffer:
         soft_label_kind: str = "logits",
         extra: Mapping[str, Any] | None = None,
         accuracy: Any = None,
+        recipe: Any = None,
     ) -> "MultisizeBuffer":
         """Build a buffer from class-major images ``[K, N, C, H, W]`` (float pixel space or uint8).
 
@@ -969,6 +973,7 @@ class MultisizeBuffer:
         ``labels``: class id of each slot (default ``0..K-1``); ``class_names``: one per slot.
         ``soft_labels``: ``[K, N, factor², L]`` (or ``[K, N, L]`` when ``factor == 1``), stored
         float32, kind ``"logits"`` or ``"probs"``. Float images are clipped to ``[0, 1]``.
+        ``recipe``: an :class:`edgecond.recipe.Recipe` (essential key ``recipe``), or None.
         """
         if hasattr(images, "detach"):
             images = images.detach().cpu().numpy()
@@ -1009,6 +1014,8 @@ class MultisizeBuffer:
             md["labels"] = _csv(labels_t)
         if factor != 1:
             md["factor"] = str(factor)
+        if recipe is not None:
+            md["recipe"] = _recipe_text(recipe)
         md["method"] = method  # provenance
         cfg = _jsonable(dict(config or {}), "config")
         if cfg:
@@ -1396,6 +1403,21 @@ class MultisizeBuffer:
             out.write(dbuf[dl.begins[t.name]:dl.begins[t.name] + dl.n * sizes[t.name]])
         return cls.from_bytes(out.getvalue(), _verified=True)
 
+    def with_recipe(self, recipe: Any) -> "MultisizeBuffer":
+        """A copy carrying ``recipe`` (an :class:`edgecond.recipe.Recipe`; None removes it).
+
+        The recipe is essential metadata: the chain seed covers it, so every rank digest (and the
+        buffer id ``d[0]``) changes; provenance is kept and its ``prov`` recomputed.
+        """
+        self.verify()
+        md = dict(self._meta.raw)
+        md.pop("recipe", None)
+        if recipe is not None:
+            md["recipe"] = _recipe_text(recipe)
+        order = self._layout.meta.tensors
+        ranks = [[self._rank_view(t.name, r, r + 1) for t in order] for r in range(self._n)]
+        return MultisizeBuffer._assemble(md, order, ranks, self._n)
+
     def with_accuracy(self, table: Any) -> "MultisizeBuffer":
         """A copy whose metadata records measured accuracy per size (merged into any existing table).
 
@@ -1415,6 +1437,25 @@ class MultisizeBuffer:
 
 
 # ----------------------------------------------------------------------------- module helpers
+
+
+def _recipe_text(recipe: Any) -> str:
+    """The canonical spelling of a recipe (spec §3 ``recipe``)."""
+    from .recipe import Recipe
+
+    if not isinstance(recipe, Recipe):
+        raise ConfigError(f"recipe is a {type(recipe).__name__}; expected an edgecond.recipe.Recipe "
+                          "(e.g. edgecond.recipe.recipe_from_eval(eval_config, flips=...)).")
+    return _canonical(recipe.to_json())
+
+
+def _check_recipe(src: str, md: Mapping[str, str]) -> Any:
+    """Spec §3 ``recipe``: parse and validate (None when absent: older buffers carry none)."""
+    if "recipe" not in md:
+        return None
+    from .recipe import parse_recipe
+
+    return parse_recipe(md["recipe"], src=src)
 
 
 def _as_bytes_view(p: Any) -> memoryview:

@@ -443,6 +443,7 @@ def condense_classes(
         config=getattr(meta, "config", None) or asdict(resolved),
         dtype=getattr(meta, "dtype", "float16"),
         extra=extra,
+        recipe=getattr(meta, "recipe", None),  # the training recipe travels with the images
     )
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.safetensors.tmp")  # atomic; concurrent runs safe

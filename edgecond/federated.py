@@ -9,9 +9,12 @@ One round, as the ServerApp runs it::
 
     server                                            client (node)
     ─ query "budget" ───────────────────────────────► budget = trace.budget(partition, round)
-    ◄─ {"bytes": budget, "have": n_held, "digest"} ── (n_held, digest from its prefix cache)
+                                                      memory = memory_trace.budget(...) (optional)
+                                                      cache.fit_memory(memory): drop ranks from the end
+    ◄─ {"bytes", "have", "digest", "memory"} ──────── (n_held, digest from its prefix cache)
     validate_budget_reply(...)   (malformed/oversized → rejected, logged, budget 0)
-    plan = plan_transfer(buffer, have, budget)        target = buffer.largest_fitting(budget)
+    plan = plan_transfer(buffer, have, budget, memory=memory)
+                                 target = largest prefix fitting the budget AND the memory
     payload = build_payload(buffer, plan)             full prefix file | ranks(have, target) | nothing
     ─ train {model, config, transfer, payload} ─────► cache.apply(transfer, payload); train; reply
     ledger.record(round, node, plan, ...)             exact payload bytes per client per round
@@ -71,7 +74,7 @@ CACHE_META_RECORD = "edgecond-cache-meta"
 
 #: A budget reply record larger than this (keys + values, in bytes) is rejected as oversized.
 MAX_REPLY_RECORD_BYTES = 1024
-_REPLY_KEYS = {"bytes", "have", "digest", "partition"}
+_REPLY_KEYS = {"bytes", "have", "digest", "partition", "memory"}
 BUFFER_MODES = ("mix", "warmup", "off")
 
 
@@ -104,9 +107,14 @@ class FederatedConfig:
     proximal_mu: float = 0.01
     #: mix: train on local + condensed; warmup: condensed epochs first, then local; off: never ship
     buffer_mode: str = "mix"
+    #: mix mode: loss = (1 - w) * CE(local batch) + w * CE(condensed batch), w = condensed-weight
+    condensed_weight: float = 0.5
     warmup_epochs: int = 1
     #: "constant:40kB" | "lognormal:median=40kB,sigma=0.5,seed=0" | "csv:PATH"
     budget_trace: str = "lognormal:median=40kB,sigma=0.5,seed=0"
+    #: device memory per (client, round) for the held prefix, same spec as budget-trace;
+    #: "" = unlimited. A node's --node-config 'memory-trace=...' overrides it.
+    memory_trace: str = ""
     #: budgets above this (bytes, or a size string) are rejected as oversized replies
     max_budget_bytes: str = "1GB"
     fraction_train: float = 1.0
@@ -118,6 +126,9 @@ class FederatedConfig:
     lr: float = 0.05
     batch_size: int = 32
     #: "dirichlet" (non-IID, ``dirichlet-alpha``) or "iid"
+    #: fraction of the training set held by the server only (it condenses from it); the
+    #: clients partition the rest. 0 = the server condenses the clients' data (not federated).
+    server_fraction: float = 0.2
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.1
     num_partitions: int = 10
@@ -163,9 +174,21 @@ class FederatedConfig:
                 f"dirichlet-alpha = {self.dirichlet_alpha} must be > 0 (e.g. 0.1 for strongly "
                 "non-IID, 100 for nearly IID); or set partitioner = \"iid\"."
             )
+        if not 0.0 <= self.condensed_weight <= 1.0:
+            raise FederatedError(
+                f"condensed-weight = {self.condensed_weight} must be within [0, 1] (the condensed "
+                "batch's share of the mix-mode loss); fix it in [tool.flwr.app.config]."
+            )
         if self.lr <= 0:
             raise FederatedError(f"lr = {self.lr} must be > 0; fix lr in [tool.flwr.app.config].")
+        if not 0.0 <= self.server_fraction < 1.0:
+            raise FederatedError(
+                f"server-fraction = {self.server_fraction} must be within [0, 1) (the share of the "
+                "training set only the server holds, default 0.2); fix it in [tool.flwr.app.config]."
+            )
         parse_trace(self.budget_trace)  # fails early with a BudgetError naming the spec
+        if self.memory_trace:
+            parse_trace(self.memory_trace)
         self.max_budget()
         parse_faults(self.fault_crash)
         return self
@@ -329,16 +352,22 @@ class BudgetReply:
     budget: int
     have: int = 0
     digest: str = ""
+    #: device memory for the held prefix in bytes; None = not limited
+    memory: int | None = None
 
 
-def make_budget_reply(budget: int, have: int = 0, digest: str = "", partition: int | None = None):
+def make_budget_reply(budget: int, have: int = 0, digest: str = "", partition: int | None = None,
+                      memory: int | None = None):
     """The client's reply content to a budget query (a Flower ``RecordDict``). ``partition``: the
-    client's partition id, which the server uses to name it in logs and ``metrics.json``."""
+    client's partition id, which the server uses to name it in logs and ``metrics.json``;
+    ``memory``: bytes of device memory for the held prefix this round (omitted = unlimited)."""
     from flwr.app import ConfigRecord, RecordDict
 
     record = {"bytes": int(budget), "have": int(have), "digest": str(digest)}
     if partition is not None:
         record["partition"] = int(partition)
+    if memory is not None:
+        record["memory"] = int(memory)
     return RecordDict({QUERY_RECORD: ConfigRecord(record)})
 
 
@@ -419,7 +448,15 @@ def validate_budget_reply(content, *, max_budget: int, ipc: int) -> BudgetReply:
     if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int) or partition < 0):
         raise FederatedError(f"budget reply 'partition' = {partition!r}; expected the client's partition id "
                              "(an int >= 0).")
-    return BudgetReply(budget=int(budget), have=int(have), digest=digest)
+    memory = record.get("memory", None)
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int)
+                               or not 0 <= memory <= max_budget):
+        raise FederatedError(
+            f"budget reply 'memory' = {memory!r}; expected an int number of bytes in [0, {max_budget}] "
+            "(max-budget-bytes), or no 'memory' key for an unlimited device."
+        )
+    return BudgetReply(budget=int(budget), have=int(have), digest=digest,
+                       memory=None if memory is None else int(memory))
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,24 +479,41 @@ class TransferPlan:
     nbytes: int
     budget: int
     reason: str = ""
+    #: the client's memory budget this round (bytes; None = unlimited)
+    memory: int | None = None
 
     @property
     def held_after(self) -> int:
         return self.target if self.kind != "none" else self.have
 
 
-def plan_transfer(buffer, *, have: int, budget: int, enabled: bool = True) -> TransferPlan:
+def plan_transfer(buffer, *, have: int, budget: int, enabled: bool = True,
+                  memory: int | None = None) -> TransferPlan:
     """Decide what to send a client holding ``have`` ranks whose budget is ``budget`` bytes.
 
     The target is the largest prefix whose complete file fits the budget
-    (``buffer.largest_fitting(budget)``); only the ranks the client lacks are sent. A budget
-    below one rank sends nothing (the client trains on what it has, or locally only).
+    (``buffer.largest_fitting(budget)``) **and** the client's device memory (``memory`` bytes
+    for the held prefix file; ``None`` = unlimited); only the ranks the client lacks are sent.
+    A budget below one rank sends nothing (the client trains on what it has, or locally only).
+    A client holding more than its memory allows is expected to have dropped ranks from the end
+    before replying (:meth:`PrefixCache.fit_memory`); the plan never grows it past ``memory``.
     """
-    have = int(have)
-    budget = int(budget)
+    plan = _plan(buffer, int(have), int(budget), enabled, memory)
+    return dataclasses.replace(plan, memory=None if memory is None else int(memory))
+
+
+def _plan(buffer, have: int, budget: int, enabled: bool, memory: int | None) -> TransferPlan:
     if not enabled:
         return TransferPlan("none", have, have, 0, budget, "buffer-mode is off")
     target = int(buffer.largest_fitting(budget)) if budget > 0 else 0
+    cap = None
+    if memory is not None:
+        cap = int(buffer.largest_fitting(int(memory))) if memory > 0 else 0
+        if cap < target:
+            target = cap
+            if target <= have:
+                return TransferPlan("none", have, have, 0, budget,
+                                    f"memory {memory} B holds {cap} ranks (client holds {have})")
     if target <= 0:
         one = buffer.bytes_for(1)
         return TransferPlan(
@@ -525,6 +579,7 @@ def transfer_records(plan: TransferPlan, payload: bytes, *, digest: str, buffer_
                 "digest": str(digest),
                 "reason": plan.reason,
                 "buffer-mode": buffer_mode,
+                "memory": -1 if plan.memory is None else int(plan.memory),
             }
         )
     }
@@ -651,6 +706,28 @@ class PrefixCache:
     def reset(self) -> None:
         self.data, self.ipc, self.digest, self._buffer = b"", 0, "", None
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of device memory the held prefix file takes."""
+        return len(self.data) if self.ipc > 0 else 0
+
+    def fit_memory(self, memory: int | None) -> int:
+        """Drop ranks from the end until the held prefix file fits ``memory`` bytes (None =
+        unlimited); return the number of ranks dropped. The result is the valid smaller prefix
+        file (a prefix of a multisize buffer is a buffer), so a later delta still applies."""
+        if memory is None or self.ipc <= 0 or len(self.data) <= int(memory):
+            return 0
+        buf = self.buffer
+        lean = not buf.meta.has_provenance
+        n = int(buf.largest_fitting(int(memory), provenance=not lean)) if memory > 0 else 0
+        dropped = self.ipc - n
+        if n <= 0:
+            self.reset()
+            return dropped
+        small = _load_buffer_bytes(buf.to_bytes(n, provenance=not lean))
+        self.data, self.ipc, self._buffer = small.to_bytes(provenance=not lean), n, small
+        return dropped
+
     # -- context.state --------------------------------------------------------------------
     def to_state(self, state) -> None:
         """Store into a Flower ``RecordDict`` (``context.state``)."""
@@ -727,16 +804,19 @@ class Shipper:
                         rnd, client, rejected)
         have = reply.have if (reply.digest == self.digest and reply.have > 0) else 0
         plan = plan_transfer(self.buffer, have=have, budget=reply.budget,
-                             enabled=self.buffer_mode != "off")
+                             enabled=self.buffer_mode != "off", memory=reply.memory)
         if rejected:
             plan = dataclasses.replace(plan, kind="none", target=plan.have, nbytes=0, reason=rejected)
         payload = build_payload(self.buffer, plan)
         records = transfer_records(plan, payload, digest=self.digest, buffer_mode=self.buffer_mode)
         record_bytes = sum(_config_size(r) if type(r).__name__ == "ConfigRecord" else int(r.count_bytes())
                            for r in records.values())
-        self.ledger.record_transfer(rnd, client, plan, record_bytes=record_bytes, rejected=rejected)
-        log.info("round %s client %s: budget %d B, holds %d, %s -> %d ranks, %d payload bytes",
-                 rnd, client, plan.budget, plan.have, plan.kind, plan.held_after, plan.nbytes)
+        held = int(self.buffer.bytes_for(plan.held_after, provenance=False)) if plan.held_after > 0 else 0
+        self.ledger.record_transfer(rnd, client, plan, record_bytes=record_bytes, rejected=rejected,
+                                    held_bytes=held)
+        log.info("round %s client %s: budget %d B, memory %s, holds %d, %s -> %d ranks, %d payload bytes",
+                 rnd, client, plan.budget, "unlimited" if plan.memory is None else f"{plan.memory} B",
+                 plan.have, plan.kind, plan.held_after, plan.nbytes)
         return plan, payload, records
 
 
@@ -756,18 +836,24 @@ class ByteLedger:
         for r in self.rounds:
             if r["round"] == rnd:
                 return r
-        r = {"round": rnd, "clients": {}, "failed": {}, "rejected": {}, "bytes": 0, "metrics": {}}
+        r = {"round": rnd, "clients": {}, "failed": {}, "rejected": {}, "bytes": 0, "memory_bytes": 0,
+             "metrics": {}}
         self.rounds.append(r)
         return r
 
     def record_transfer(self, rnd: int, client: str, plan: TransferPlan, *, record_bytes: int = 0,
-                        rejected: str = "") -> None:
+                        rejected: str = "", held_bytes: int | None = None) -> None:
+        """One client's transfer: bandwidth (``payload_bytes`` of ``budget``) and memory
+        (``held_bytes`` of the prefix file it holds after the transfer, of ``memory``)."""
         r = self._round(rnd)
+        held = int(held_bytes) if held_bytes is not None else 0
         r["clients"][str(client)] = {
             "kind": plan.kind, "have": plan.have, "target": plan.target, "budget": plan.budget,
             "payload_bytes": plan.nbytes, "record_bytes": int(record_bytes), "reason": plan.reason,
+            "memory": plan.memory, "held_ranks": plan.held_after, "held_bytes": held,
         }
         r["bytes"] += int(plan.nbytes)
+        r["memory_bytes"] = r.get("memory_bytes", 0) + held
         if rejected:
             r["rejected"][str(client)] = rejected
 
@@ -781,8 +867,18 @@ class ByteLedger:
     def total_bytes(self) -> int:
         return sum(r["bytes"] for r in self.rounds)
 
+    @property
+    def cumulative_bytes(self) -> list[int]:
+        """Bandwidth: payload bytes sent up to and including each round (rounds in order)."""
+        out, total = [], 0
+        for r in sorted(self.rounds, key=lambda r: r["round"]):
+            total += int(r["bytes"])
+            out.append(total)
+        return out
+
     def to_dict(self) -> dict:
         return {"config": self.config, "total_bytes": self.total_bytes,
+                "cumulative_bytes": self.cumulative_bytes,
                 "rounds": sorted(self.rounds, key=lambda r: r["round"])}
 
     def save(self, path: str | os.PathLike) -> Path:

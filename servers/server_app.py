@@ -131,7 +131,7 @@ class ShippingStrategy(Strategy):
                                                "no reply within round-timeout")
         ok = [r for r in replies if not r.has_error()]
         if ok:
-            keys = ("bytes-received", "ipc-used", "budget-bytes")
+            keys = ("bytes-received", "ipc-used", "budget-bytes", "memory-bytes", "held-bytes", "ranks-dropped")
             per_client = {self.client_name(r.metadata.src_node_id): {k: r.content["metrics"].get(k) for k in keys}
                           for r in ok if "metrics" in r.content}
             self.shipper.ledger.record_metrics(server_round, {"client-metrics": per_client})
@@ -176,9 +176,10 @@ def main(grid: Grid, context: Context) -> None:
     ledger = ByteLedger(config={**cfg.to_dict(), "buffer-path": str(path), "buffer-id": digest})
     shipper = Shipper(buffer, buffer_mode=cfg.buffer_mode,
                       max_budget=cfg.max_budget(), ledger=ledger)
-    log.info("edgecond server: buffer %s (ipc %d, %d B full), %d rounds, strategy %s, mode %s",
+    log.info("edgecond server: buffer %s (ipc %d, %d B full), %d rounds, strategy %s, mode %s, "
+             "bandwidth trace %r, memory trace %r, server split %g",
              path, buffer.ipc, buffer.bytes_for(buffer.ipc), cfg.num_server_rounds, cfg.strategy,
-             cfg.buffer_mode)
+             cfg.buffer_mode, cfg.budget_trace, cfg.memory_trace or "unlimited", cfg.server_fraction)
 
     dataset = task.load_data(cfg.dataset)
     net = task.build_net(cfg, dataset)

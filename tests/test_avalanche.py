@@ -182,7 +182,7 @@ def test_condensed_buffer_shrinks_then_grows_with_naive_and_replay_plugin():
     bufs = [_fixture_buffer([0, 1], 10, seed=1), _fixture_buffer([2, 3], 6, seed=2, factor=2)]
     by_class = {0: bufs[0], 1: bufs[0], 2: bufs[1], 3: bufs[1]}
     schedule = [12, 9]  # budget while training exp 0, exp 1 (shrinks); grows by resize below
-    policy = CondensedBuffer(12, buffers=bufs)
+    policy = CondensedBuffer(12, buffers=bufs, augment=False)  # raw items: prefixes are compared below
     budget = MemoryBudgetPlugin(policy, schedule)
     replay = ReplayPlugin(mem_size=12, storage_policy=policy, batch_size_mem=4)
     model = _Tiny()
@@ -240,7 +240,7 @@ def test_condensed_buffer_mirrors_tensor_labels_and_gdumb_style():
         class_order=[0, 1, 2, 3], num_experiences=2,
     )
     whole = _fixture_buffer([0, 1, 2, 3], 5, seed=4)  # one buffer covering all classes
-    policy = CondensedBuffer(16, buffers=whole, normalize=True)
+    policy = CondensedBuffer(16, buffers=whole, normalize=True, augment=False)  # raw items compared below
     model = _Tiny()
     strategy = Naive(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=8, train_epochs=1,
@@ -272,7 +272,7 @@ def test_condensed_buffer_byte_budget_and_errors():
         policy.post_adapt(None, exp)
         assert policy.used() <= policy.max_size
     assert policy.counts == {0: 2, 1: 2, 2: 1, 3: 1}
-    shifted = CondensedBuffer(4, buffers=buf, transform=lambda x: x + 10.0)  # an Avalanche transform
+    shifted = CondensedBuffer(4, buffers=buf, transform=lambda x: x + 10.0, augment=False)  # an Avalanche transform
     shifted.post_adapt(None, bm.train_stream[0])
     assert float(shifted.buffer[0][0].min()) >= 10.0
     with pytest.raises(ConfigError, match="unit"):

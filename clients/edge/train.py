@@ -20,8 +20,17 @@ permutation of the ``M`` training images and cuts it into ``ceil(M / B)`` batche
 few are seen twice in that epoch. With ``M < B`` the permutation is repeated to fill one batch.
 Evaluation pads its last batch with copies and ignores their predictions.
 
-**Augmentation** (numpy, per image, on pixel-space images before normalisation): random crop
-after zero padding by ``crop_pad`` pixels and, where the manifest enables it, horizontal flip.
+**Augmentation** (numpy): when the bundle's buffer slice carries a training recipe (essential
+metadata ``recipe``, ``docs/buffer-format.md`` §3.1) the trainer applies *that* recipe's
+augmentation — the DSA ops, strength and flip policy the buffer was evaluated with — on
+normalised images, with the same function as the Flower and Avalanche clients
+(:func:`edgecond.recipe.augment_batch`). Slices without a recipe (older buffers) get the
+manifest's own: random crop after zero padding by ``crop_pad`` pixels and, where the manifest
+enables it, horizontal flip (per image, pixel space). Two parts of a recipe do not reach a
+phone: **CutMix** and **soft labels** need a loss over target distributions, and the ONNX
+Runtime training artifacts (``edgecond.export``) are built with a cross-entropy over class ids
+(int64 labels). The trainer then trains on the stored class ids and says so in ``metrics.json``
+(``recipe.cutmix`` / ``recipe.soft_labels``); a soft-target artifact is future work.
 
 **Torch never loads.** On a dev machine with torch installed, importing ``onnxruntime`` runs its
 package check, which imports ``onnxruntime.training.ortmodule`` and with it torch (≈1-2 s and a
@@ -153,10 +162,7 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, *, crop_pad: int, fli
 
 def load_training_arrays(bundle: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The bundle's buffer slice decoded for training: x float32 [M, C, H, W] pixel, y int64 [M]."""
-    from edgecond.buffer import MultisizeBuffer
-
-    buf = MultisizeBuffer.load(bundle_file(bundle, "buffer"))
-    _check_buffer_fits_manifest(buf, bundle)
+    buf = _bundle_buffer(bundle)
     x, y = buf.training_arrays()
     return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
 
@@ -174,6 +180,27 @@ def _check_buffer_fits_manifest(buf, bundle: dict[str, Any]) -> None:
     if max(buf.labels) >= bundle["num_classes"]:
         raise ConfigError(f"{where}: the buffer has label {max(buf.labels)}, the model {bundle['num_classes']} "
                           "classes; re-create the bundle.")
+
+
+def _bundle_buffer(bundle: dict[str, Any]):
+    """The bundle's buffer slice, read from inside the bundle (confined path) and checked against
+    the manifest."""
+    from edgecond.buffer import MultisizeBuffer
+
+    buf = MultisizeBuffer.load(bundle_file(bundle, "buffer"))
+    _check_buffer_fits_manifest(buf, bundle)
+    return buf
+
+
+def bundle_recipe(bundle: dict[str, Any]):
+    """The training recipe the bundle's buffer slice carries (``None`` for older slices); its
+    flip policy is the manifest's (the data facts recorded at deploy time)."""
+    from edgecond.recipe import with_flips
+
+    rec = _bundle_buffer(bundle).meta.recipe
+    if rec is None:
+        return None
+    return with_flips(rec, bool(bundle["training"]["augment"].get("flip", rec.flips)) and rec.flips)
 
 
 def load_eval_arrays(bundle: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -384,6 +411,8 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
     x, y = load_training_arrays(bundle)
     _check_batch_memory(x.shape, batch, crop_pad)
     held_out = load_eval_arrays(bundle)
+    recipe = bundle_recipe(bundle) if do_aug else None
+    has_soft = _bundle_buffer(bundle).has_soft_labels
     session = _Session(bundle, config.threads)
     rng = np.random.default_rng(int(config.seed))
 
@@ -395,9 +424,14 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
         epoch_losses = []
         for idx in epoch_batches(len(x), batch, rng):
             xb = x[idx]
-            if do_aug:
-                xb = augment_batch(xb, rng, crop_pad=crop_pad, flip=flip)
-            xb = normalize(xb, mean, std)
+            if recipe is not None:  # the buffer's own recipe, on normalised images
+                from edgecond import recipe as _recipe
+
+                xb = _recipe.augment_batch(normalize(xb, mean, std), recipe, rng)
+            else:
+                if do_aug:
+                    xb = augment_batch(xb, rng, crop_pad=crop_pad, flip=flip)
+                xb = normalize(xb, mean, std)
             t0 = time.perf_counter()
             loss = session.train_step(xb, y[idx])
             step_times.append(time.perf_counter() - t0)
@@ -437,6 +471,12 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
         "schedule": schedule,
         "optimizer": training.get("optimizer"),
         "augment": {"enabled": do_aug, "crop_pad": crop_pad, "flip": flip},
+        "recipe": None if recipe is None else {
+            **recipe.to_json(),
+            "cutmix": "not applied: the ORT artifacts' loss takes class ids" if recipe.cutmix_prob else "off",
+        },
+        "soft_labels": ("not used: the ORT artifacts' loss takes class ids (trained on the stored labels)"
+                        if has_soft else None),
         "seed": int(config.seed),
         "threads": config.threads,
         # the first step builds ORT's execution plan: reported apart, not in the mean

@@ -370,6 +370,11 @@ def _make_buffer(images: torch.Tensor, dataset, config: CondenseConfig, extra: d
     extra = dict(extra)
     if hasattr(dataset, "digest"):  # where the data came from: reopenable name, digest, facts
         extra["data"] = provenance(dataset)
+    from ..evaluate import eval_preset
+    from ..recipe import recipe_from_eval
+
+    # the training recipe (essential metadata): the protocol the buffer is evaluated with
+    recipe = recipe_from_eval(eval_preset("quick", dataset), flips=bool(getattr(dataset, "flips", False)))
 
     return MultisizeBuffer.from_class_major(
         images.detach().cpu().float().numpy(),
@@ -382,6 +387,7 @@ def _make_buffer(images: torch.Tensor, dataset, config: CondenseConfig, extra: d
         config=_jsonable(config),
         dtype=config.dtype,
         extra=extra,
+        recipe=recipe,
     )
 
 
@@ -472,6 +478,7 @@ def condense(
     hooks: EngineHooks | None = None,
     init_images: torch.Tensor | None = None,
     tensorboard_dir: str | Path | None = None,
+    on_iteration: Any = None,
 ) -> CondenseResult:
     """Condense ``dataset`` with ``config`` into a :class:`CondenseResult` (buffer + history).
 
@@ -481,6 +488,8 @@ def condense(
     :class:`~edgecond.condense.base.EngineHooks` instance (default: built from
     ``config.hooks``). ``init_images``: ``[K, N, C, H, W]`` pixel-space stored images to start
     from instead of real images drawn from ``config.init_seed``/``init_offset``.
+    ``on_iteration``: called after every outer iteration with its log record (``iteration``,
+    ``loss``, ``seconds``, ``total``, ...), e.g. to report progress in a server log.
     """
     _ensure_methods()
     cls = METHODS.get(config.method)
@@ -607,6 +616,8 @@ def condense(
                 history.setdefault(key, []).append(val)
                 record[key] = val
             logger.write(record)
+            if on_iteration is not None:  # e.g. the server's start-up job logs progress
+                on_iteration(dict(record, total=config.iterations))
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4g}")
             if not math.isfinite(mean_loss):
