@@ -464,9 +464,15 @@ def report(out: Path, quiet: bool = False) -> None:
         lines.append(f"| {r['evaluator']} | {r['arm']} | {r['budget']} | {r['condense_seeds']} × {r['eval_seeds']} | "
                      f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {gain} | {dpix} | {secs} | "
                      f"{'' if r['eval_seconds'] is None else format(r['eval_seconds'], '.0f')} |")
+    moves = ["| arm | inner steps | seed | mean abs Δpixel from init | values outside [0, 1] | condense s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(cond, key=lambda r: (r["budget"], r["seed"], ARMS.index(r["arm"]))):
+        dp = "" if r.get("dpix") is None else f"{r['dpix']:.5f}"
+        moves.append(f"| {r['arm']} | {r['budget']} | {r['seed']} | {dp} | {100 * r['out_of_range']:.2f} % | "
+                     f"{r['seconds']:.0f} |")
     (out / "reference_parity.md").write_text(
         "# Reference parity: CIFAR-10 IDC, IPC 1, f = 2 (see benchmarks/reference_parity.py)\n\n"
-        + "\n".join(lines) + "\n")
+        + "\n".join(lines) + "\n\n## Image movement (every condensation)\n\n" + "\n".join(moves) + "\n")
     if not quiet:
         print("\n".join(lines))
 

@@ -91,3 +91,35 @@ def test_lr_img_space_validation_and_old_checkpoints():
     old = {k: v for k, v in new.items() if k != "lr_img_space"}
     assert _config_diff(old, new) == []
     assert _config_diff(old, {**new, "lr_img_space": "pixel"}) == ["lr_img_space"]
+
+
+def test_parity_report_places_gains_against_each_evaluators_init(tmp_path):
+    """benchmarks/reference_parity.py report: accuracy rows per evaluator × arm with the gain over
+    that evaluator's own initialisation, and the image-movement table of every condensation."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_parity.py"
+    spec = importlib.util.spec_from_file_location("reference_parity", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = [
+        {"key": "eval/edgecond/init/b0/s0/e0", "kind": "eval", "evaluator": "edgecond", "arm": "init",
+         "budget": 0, "seed": 0, "eval_seed": 0, "acc": 0.20, "seconds": 5.0},
+        {"key": "eval/reference/init/b0/s0/e0", "kind": "eval", "evaluator": "reference", "arm": "init",
+         "budget": 0, "seed": 0, "eval_seed": 0, "acc": 0.25, "seconds": None},
+        {"key": "condense/ec/b4/s1", "kind": "condense", "arm": "ec", "budget": 4, "seed": 1, "seconds": 3.0,
+         "dpix": 0.002, "out_of_range": 0.0},
+    ] + [{"key": f"eval/{ev}/ec/b4/s1/e{e}", "kind": "eval", "evaluator": ev, "arm": "ec", "budget": 4,
+          "seed": 1, "eval_seed": e, "acc": a, "seconds": 2.0}
+         for ev, e, a in (("edgecond", 0, 0.30), ("edgecond", 1, 0.32), ("reference", 0, 0.28))]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    mod.report(tmp_path, quiet=True)
+    md = (tmp_path / "reference_parity.md").read_text()
+    assert "| edgecond | ec | 4 | [1] × [0, 1] | 31.00 ± 1.00 | +11.00 | 0.0020 |" in md
+    assert "| reference | ec | 4 | [1] × [0] | 28.00 ± 0.00 | +3.00 |" in md
+    assert "| ec | 4 | 1 | 0.00200 | 0.00 % | 3 |" in md
+    rows = json.loads((tmp_path / "reference_parity.json").read_text())["rows"]
+    assert {(r["evaluator"], r["arm"], r["n"]) for r in rows} == {
+        ("edgecond", "init", 1), ("reference", "init", 1), ("edgecond", "ec", 2), ("reference", "ec", 1)}
