@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-METHOD_HELP = "idc | idm | dm | random | herding | mdc (with --base) (see `edgecond condense --list`)"
+METHOD_HELP = "idc | idm | dm | random | herding | mdc | sdc (both with --base) (see `edgecond condense --list`)"
 
 
 def _parse_value(text: str):
@@ -36,7 +36,7 @@ def _parse_sets(items: list[str] | None) -> dict:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "condense",
-        help="condense a dataset into one multisize buffer (idc, idm, dm, random, herding)",
+        help="condense a dataset into one multisize buffer (idc, idm, dm, random, herding, mdc, sdc)",
         description="Condense the training split of a dataset into ONE multisize buffer whose first n "
                     "images per class are a training set for every n. Presets: quick (CPU minutes on "
                     "digits) and paper (the published settings). Checkpoints are written atomically "
@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=None, help="buffer storage: uint8 (default) | float16 | float32")
     p.add_argument("--hooks", default=None, help="none | mdc (multisize wrapper)")
     p.add_argument("--base", default=None,
-                   help="base matcher of --method mdc: idc (default) | idm | dm")
+                   help="base matcher of --method mdc: idc (default) | idm | dm; of --method sdc: idm (default) | dm | idc")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config or method field, e.g. --set inner_steps=20 (repeatable; JSON values)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -126,8 +126,11 @@ def cmd_condense(args: argparse.Namespace) -> int:
         hooks_config = mdc_preset(args.preset, args.dataset, iterations=probe.iterations, base=method)
         hooks_config.update(overrides.get("hooks_config") or {})
         overrides["hooks_config"] = hooks_config
+    elif method.strip().lower() == "sdc":  # slimmable: X = UΣV over the base matcher
+        if args.base:
+            overrides["base"] = args.base
     elif args.base:
-        raise ConfigError(f"--base {args.base!r} is only used with --method mdc; drop it or pass --method mdc.")
+        raise ConfigError(f"--base {args.base!r} is only used with --method mdc or sdc; drop it or pass one of them.")
     config = condense_preset(method, args.preset, args.dataset, ipc=args.ipc, seed=args.seed, **overrides)
     dataset = load_dataset(args.dataset, root=args.data_root)
     out = Path(args.output)

@@ -55,7 +55,7 @@ METHODS: Registry[type[Method]] = Registry(
     hint="Register your own with @edgecond.condense.register_method('name') on a Matcher or Selector subclass.",
 )
 DTYPES = ("uint8", "float16", "float32")
-_METHOD_MODULES = ("idc", "idm", "selection")
+_METHOD_MODULES = ("idc", "idm", "selection", "sdc")
 
 
 def register_method(name: str):
@@ -160,14 +160,17 @@ def method_config(cls: type[Method], values: dict | None) -> Any:
     return cls.Config(**values)
 
 
-def _call_preset(fn: Callable, dataset_name: str, ipc: int) -> dict:
+def _call_preset(fn: Callable, dataset_name: str, ipc: int, base: str | None = None) -> dict:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # pragma: no cover
         params = {}
+    kwargs: dict[str, Any] = {}
+    if "base" in params and base is not None:  # wrappers over a base matcher (sdc)
+        kwargs["base"] = base
     if "ipc" in params:
-        return dict(fn(dataset_name, ipc=ipc))
-    return dict(fn(dataset_name))
+        return dict(fn(dataset_name, ipc=ipc, **kwargs))
+    return dict(fn(dataset_name, **kwargs))
 
 
 def condense_preset(method: str, preset: str = "quick", dataset_name: str = "digits", **overrides) -> CondenseConfig:
@@ -184,7 +187,8 @@ def condense_preset(method: str, preset: str = "quick", dataset_name: str = "dig
             f"unknown preset {preset!r} for method {cls.name!r}; expected one of {sorted(cls.presets)}."
         )
     ipc = int(overrides.get("ipc", 10))
-    values = _call_preset(cls.presets[preset], dataset_name, ipc)
+    base = overrides.get("base") or dict(overrides.get("method_config") or {}).get("base")
+    values = _call_preset(cls.presets[preset], dataset_name, ipc, base=base)
     mc = dict(values.pop("method_config", {}))
     engine_fields = {f.name for f in dataclasses.fields(CondenseConfig)}
     method_fields = {f.name for f in dataclasses.fields(cls.Config)} if dataclasses.is_dataclass(cls.Config) else set()
@@ -478,14 +482,19 @@ def condense(
                                 offset=config.init_offset, init=config.init)
     real = RealData(dataset, dev)
     gen = make_generator(int(config.seed) + 1_000_003)  # CPU: indices, aug draws, model seeds
-    syn = SyntheticSet(dataset.normalize(pixels).to(dev), factor=config.factor, mean=dataset.mean, std=dataset.std)
+    make_syn = getattr(cls, "synthetic_set", None)  # a method's own parameterisation (sdc)
+    syn = (make_syn(pixels.to(dev), config, mcfg, dataset) if make_syn is not None else
+           SyntheticSet(dataset.normalize(pixels).to(dev), factor=config.factor, mean=dataset.mean, std=dataset.std))
     matcher: Matcher = cls(real, config, mcfg, device=dev, generator=gen)
     if hooks is None:
         hooks = build_hooks(config, k)
     if hasattr(hooks, "bind"):  # optional extension (MDC): the hooks see the synthetic set
         hooks.bind(syn)
     after_step = getattr(hooks, "after_step", None)  # optional extension (MDC): restore frozen ranks
-    opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
+    if make_syn is not None:  # sdc: Adam over all factors (U, Σ, V have different scales)
+        opt = torch.optim.Adam(list(syn.parameters()), lr=float(getattr(mcfg, "lr", config.lr_img)))
+    else:
+        opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
 
     start = 0
     history: dict[str, list] = {"iteration": [], "loss": [], "seconds": []}
@@ -504,6 +513,8 @@ def condense(
             )
         with torch.no_grad():
             syn.images.copy_(state["images"].to(dev))
+        if "syn_extra" in state:
+            syn.load_extra_state(state["syn_extra"])
         opt.load_state_dict(state["optimizer"])
         matcher.load_state_dict(state["matcher"])
         hooks.load_state_dict(state["hooks"])
@@ -515,7 +526,9 @@ def condense(
     def save(next_iteration: int) -> None:
         if ckpt_path is None:
             return
+        extra_state = {"syn_extra": syn.extra_state()} if hasattr(syn, "extra_state") else {}
         save_checkpoint(ckpt_path, {
+            **extra_state,
             "config": _jsonable(config),
             "iteration": next_iteration,
             "images": syn.images.detach(),
@@ -598,5 +611,10 @@ def condense(
     }
     extra = dict(hooks.metadata() or {})
     extra["history"] = summary
-    buf = _make_buffer(images, dataset, config, extra)
+    if make_syn is not None:
+        from .sdc import sdc_buffer
+
+        buf = sdc_buffer(syn, dataset, config, extra)
+    else:
+        buf = _make_buffer(images, dataset, config, extra)
     return CondenseResult(buf, history, seconds, spi, images, config)
