@@ -354,3 +354,22 @@ def test_cli_condense_sdc_lists_and_evaluates(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, check=True)
     table = json.loads((tmp_path / "t.json").read_text())
     assert "1" in res.stdout and len(json.dumps(table)) > 0
+
+
+def test_subset_degradation_benchmark_runs_sdc_lfs(tmp_path):
+    from edgecond.condense.baselines import SubsetDegradationConfig, run_subset_degradation, sdc_config
+
+    ds = tiny_dataset()
+    tiny = dict(iterations=2, factor=1, batch_real=8, model_kwargs={"width": 8}, inner_steps=2, net_samples=16,
+                net_batch=8)
+    cfg = SubsetDegradationConfig(dataset="tiny", base="idc", ipc=3, seeds=(0,), methods=("SDC-LFS",),
+                                  condense_overrides=tiny, sdc={"slim_weight": 0.5},
+                                  eval_overrides={"epochs": 1, "model_kwargs": {"width": 8}})
+    c = sdc_config(cfg)
+    assert c.method == "sdc" and c.iterations == 2 and c.method_config["slim_weight"] == 0.5
+    assert c.method_config["base"] == "idc" and c.method_config["base_config"]["inner_steps"] == 2
+    res = run_subset_degradation(ds, cfg, progress=False, out_dir=tmp_path, save_buffers=True)
+    m = res.methods["SDC-LFS"]
+    buf = MultisizeBuffer.load(tmp_path / "SDC.safetensors")
+    assert m["sizes"] == [1, 2, 3] and m["bytes"] == [buf.bytes_for(n) for n in (1, 2, 3)]
+    assert "SDC-LFS" in res.to_markdown() and (tmp_path / "subset_degradation.png").exists()
