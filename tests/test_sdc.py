@@ -352,6 +352,8 @@ def test_cli_condense_sdc_lists_and_evaluates(tmp_path):
     res = subprocess.run(env_cmd + ["evaluate", str(out), "--sizes", "all", "--seeds", "1", "--epochs", "1",
                                     "--threads", "1", "--no-progress", "--json", str(tmp_path / "t.json")],
                          capture_output=True, text=True, cwd=ROOT, check=True)
+    info = subprocess.run(env_cmd + ["info", str(out)], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "formation  sdc/1" in info.stdout
     table = json.loads((tmp_path / "t.json").read_text())
     assert "1" in res.stdout and len(json.dumps(table)) > 0
 
