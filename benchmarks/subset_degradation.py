@@ -80,7 +80,7 @@ def _jobs(methods: list[str], ipc: int, a_sizes: list[int] | None, *,
             extra += ["--a-sizes", ",".join(map(str, a))]
         return name, extra
 
-    main_part = [m for m in ("random", "C", "MDC", "SDC-LFS") if m in methods]
+    main_part = [m for m in ("random", "C", "MDC", "SDC-LFS", "SDC-LBS") if m in methods]
     if main_part:
         a = [ipc] if ("C" in main_part and ipc in sizes) else []
         jobs.append(with_a("-".join(main_part), main_part, a))

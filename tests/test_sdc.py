@@ -369,9 +369,42 @@ def test_subset_degradation_benchmark_runs_sdc_lfs(tmp_path):
                                   eval_overrides={"epochs": 1, "model_kwargs": {"width": 8}})
     c = sdc_config(cfg)
     assert c.method == "sdc" and c.iterations == 2 and c.method_config["slim_weight"] == 0.5
+    assert c.method_config["lbs_steps"] == 0 and sdc_config(cfg, lbs=True).method_config["lbs_steps"] > 0
     assert c.method_config["base"] == "idc" and c.method_config["base_config"]["inner_steps"] == 2
     res = run_subset_degradation(ds, cfg, progress=False, out_dir=tmp_path, save_buffers=True)
     m = res.methods["SDC-LFS"]
     buf = MultisizeBuffer.load(tmp_path / "SDC.safetensors")
     assert m["sizes"] == [1, 2, 3] and m["bytes"] == [buf.bytes_for(n) for n in (1, 2, 3)]
     assert "SDC-LFS" in res.to_markdown() and (tmp_path / "subset_degradation.png").exists()
+
+
+def test_nested_lbs_keeps_smaller_sizes_bit_identical():
+    from edgecond.condense import condense
+    from edgecond.condense.engine import METHODS, RealData, method_config
+    from edgecond.condense.sdc import SlimmableSet, lbs_stage
+    from edgecond.utils import make_generator
+
+    ds = tiny_dataset()
+    cfg = _tiny_sdc("dm", ipc=3)
+    real = RealData(ds, torch.device("cpu"))
+    base = METHODS.get("dm")(real, cfg, method_config(METHODS.get("dm"), {}), device=torch.device("cpu"),
+                             generator=make_generator(0))
+    g = torch.Generator().manual_seed(0)
+    syn = SlimmableSet(torch.rand(3, 3, 1, 8, 8, generator=g), factor=1, mean=ds.mean, std=ds.std)
+    with torch.no_grad():
+        syn.s[:, 0] *= 0.1  # out of order: freezing the order must sort first
+    syn.freeze_order_()
+    sig = syn.significance().detach()
+    assert torch.all(sig[:, :-1] >= sig[:, 1:])
+    for n in (1, 2, 3):
+        before = {m: torch.stack([syn.pixels(c, m) for c in range(3)]).detach().clone() for m in (1, 2, 3)}
+        lbs_stage(syn, base, n, steps=2, lr=0.05)
+        after = {m: torch.stack([syn.pixels(c, m) for c in range(3)]).detach() for m in (1, 2, 3)}
+        for m in range(1, n):
+            assert torch.equal(before[m], after[m]), (n, m)  # smaller sizes untouched
+        assert not torch.equal(before[n], after[n])
+    # through the engine: the buffer keeps the fine-tuned order and decodes to the result
+    res = condense(ds, _tiny_sdc("dm", method_config={"lbs_steps": 2}), progress=False)
+    np.testing.assert_allclose(res.buffer.images_class_major(), res.images.numpy(), atol=1e-5)
+    with pytest.raises(ConfigError):
+        condense(ds, _tiny_sdc("dm", method_config={"lbs_steps": -1}), progress=False)

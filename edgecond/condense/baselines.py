@@ -57,7 +57,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHOD_KEYS: tuple[str, ...] = ("random", "A", "B", "C", "MDC", "SDC-LFS")
+METHOD_KEYS: tuple[str, ...] = ("random", "A", "B", "C", "MDC", "SDC-LFS", "SDC-LBS")
+#: Adam steps per size of SDC-LBS's nested learning-based slimming when ``sdc`` does not set
+#: ``lbs_steps`` (a priori: 10 sizes x 15 steps = the 150 outer iterations of the quick run; not tuned)
+SDC_LBS_STEPS = 15
 B_MODES: tuple[str, ...] = ("joint", "independent")
 
 
@@ -84,7 +87,8 @@ class SubsetDegradationConfig:
             every condensation (e.g. ``{"iterations": 30}``).
         mdc: :class:`~edgecond.condense.multisize.MDCConfig` overrides on top of the MDC preset.
         sdc: :class:`~edgecond.condense.sdc.SDCConfig` overrides on top of the SDC preset over ``base``
-            (``SDC-LFS``: one slimmable condensation, every size its first ``n`` components).
+            (``SDC-LFS``: one slimmable condensation, every size its first ``n`` components;
+            ``SDC-LBS``: the same run followed by the nested learning-based slimming sweep).
         device: torch device for condensation and evaluation.
     """
 
@@ -422,7 +426,7 @@ class SubsetDegradationResult:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-        styles = {"random": ":", "A": "-", "B": "-.", "C": "--", "MDC": "-", "SDC-LFS": "-"}
+        styles = {"random": ":", "A": "-", "B": "-.", "C": "--", "MDC": "-", "SDC-LFS": "-", "SDC-LBS": "-."}
         for k in METHOD_KEYS:
             if k not in self.methods:
                 continue
@@ -454,7 +458,7 @@ class SubsetDegradationResult:
         return paths
 
 
-def sdc_config(cfg: SubsetDegradationConfig):
+def sdc_config(cfg: SubsetDegradationConfig, *, lbs: bool = False):
     """The ``sdc`` condensation of a benchmark run: the SDC preset over ``cfg.base`` with the
     benchmark's engine overrides (iterations etc.; base-matcher fields go to its ``base_config``)
     and ``cfg.sdc`` on top."""
@@ -470,15 +474,18 @@ def sdc_config(cfg: SubsetDegradationConfig):
     mc = dict(probe.method_config)
     mc["base_config"] = {**mc.get("base_config", {}), **base_fields}
     mc.update(cfg.sdc)
+    mc["lbs_steps"] = int(cfg.sdc.get("lbs_steps") or SDC_LBS_STEPS) if lbs else 0
     return condense_preset("sdc", cfg.preset, cfg.dataset, ipc=int(cfg.ipc), method_config=mc, **engine)
 
 
-def sdc_condense(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True) -> tuple[MethodSets, Any]:
+def sdc_condense(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
+                 lbs: bool = False) -> tuple[MethodSets, Any]:
     """SDC-LFS: one slimmable condensation (X = UΣV over ``cfg.base``); size ``n`` = its first ``n``
-    components (learning-free slimming, the buffer's own decode)."""
-    r = _run(dataset, sdc_config(cfg), device=cfg.device, progress=progress)
+    components (learning-free slimming, the buffer's own decode). ``lbs=True``: SDC-LBS, the same
+    condensation followed by the nested LBS sweep (still one buffer)."""
+    r = _run(dataset, sdc_config(cfg, lbs=lbs), device=cfg.device, progress=progress)
     sizes = range(1, int(cfg.ipc) + 1)
-    ms = MethodSets("SDC-LFS", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, 1, [r.buffer],
+    ms = MethodSets("SDC-LBS" if lbs else "SDC-LFS", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, 1, [r.buffer],
                     {"seconds_per_iteration": r.seconds_per_iteration})
     return ms, r
 
@@ -579,6 +586,13 @@ def run_subset_degradation(
         if save_buffers and out_dir is not None:
             sdc_result.buffer.save(Path(out_dir) / "SDC.safetensors")
         evaluate(ms_sdc)
+        bar.update(1)
+    if "SDC-LBS" in wanted:
+        bar.set_postfix(method="SDC-LBS")
+        ms_lbs, lbs_result = sdc_condense(dataset, cfg, progress=inner_progress, lbs=True)
+        if save_buffers and out_dir is not None:
+            lbs_result.buffer.save(Path(out_dir) / "SDC-LBS.safetensors")
+        evaluate(ms_lbs)
         bar.update(1)
     if "B" in wanted:
         bar.set_postfix(method="B")

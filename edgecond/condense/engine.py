@@ -597,6 +597,9 @@ def condense(
         bar.close()
         logger.close()
 
+    finish = getattr(matcher, "finish", None)  # optional: work after the last iteration (SDC's LBS)
+    if finish is not None:
+        finish(syn)
     images = syn.pixel_images().detach().cpu().float()
     seconds = time.perf_counter() - t_start
     spi = sum(run_seconds) / len(run_seconds) if run_seconds else float("nan")

@@ -37,7 +37,7 @@ from .base import Matcher, MatchOutput, SyntheticSet
 from .engine import METHODS, register_method
 from .engine import method_config as _method_config
 
-__all__ = ["SDCConfig", "SDC", "SlimmableSet", "sdc_factorize"]
+__all__ = ["SDCConfig", "SDC", "SlimmableSet", "sdc_factorize", "lbs_stage"]
 
 SDC_BASES = ("idm", "dm", "idc")
 
@@ -53,6 +53,8 @@ class SDCConfig:
     skew_terms: int = 1  #: L_skew over the first k significances (supplement Table 12)
     ortho_weight: float = 0.1  #: λ_ortho
     slim_weight: float = 0.0  #: weight of the matching loss of a random slimmed set (0 = off)
+    lbs_steps: int = 0  #: nested learning-based slimming after condensation: Adam steps per size (0 = off)
+    lbs_lr: float = 0.005  #: Adam learning rate of the LBS sweep
     coefficient_dtype: str = "float16"  #: buffer storage of the coefficients (float16 | float32)
 
 
@@ -85,6 +87,7 @@ class SlimmableSet(SyntheticSet):
         super().__init__(v.reshape(pixels.shape).to(pixels.device), factor=factor, mean=mean, std=std)
         self.u = torch.nn.Parameter(u.to(pixels.device))
         self.s = torch.nn.Parameter(s.to(pixels.device))
+        self.fixed_order = False  # True after freeze_order_(): components are used in index order
 
     @property
     def dim(self) -> int:
@@ -98,8 +101,33 @@ class SlimmableSet(SyntheticSet):
         return sig if c is None else sig[0]
 
     def order(self, c: int) -> torch.Tensor:
-        """Component indices of class ``c`` by decreasing significance (stable)."""
+        """Component indices of class ``c`` by decreasing significance (stable); index order once
+        :meth:`freeze_order_` was called."""
+        if self.fixed_order:
+            return torch.arange(self.ipc, device=self.s.device)
         return torch.sort(self.significance(c).detach(), descending=True, stable=True).indices
+
+    @torch.no_grad()
+    def freeze_order_(self) -> None:
+        """Permute the components of every class into significance order and keep that order."""
+        for c in range(self.num_classes):
+            keep = self.order(c)
+            self.u[c] = self.u[c][:, keep].clone()
+            self.s[c] = self.s[c, keep].clone()
+            self.images[c] = self.images[c, keep].clone()
+        self.fixed_order = True
+
+    def stage_masks(self, n: int) -> list[torch.Tensor]:
+        """0/1 masks of ``(u, s, images)``: the entries the ``n``-component decode introduces
+        (``V_{n-1}``, ``s_{n-1}``, ``U[:n, n-1]``, ``U[n-1, :n-1]``); no smaller decode uses them."""
+        mu = torch.zeros_like(self.u)
+        mu[:, :n, n - 1] = 1.0
+        mu[:, n - 1, : n - 1] = 1.0
+        ms = torch.zeros_like(self.s)
+        ms[:, n - 1] = 1.0
+        mv = torch.zeros_like(self.images)
+        mv[:, n - 1] = 1.0
+        return [mu, ms, mv]
 
     def pixels(self, c: int, n: int | None = None) -> torch.Tensor:
         """Pixel images ``[n, C, H, W]`` of class ``c`` decoded from its ``n`` most significant components."""
@@ -232,10 +260,10 @@ class SDC(Matcher):
             raise ConfigError(f"SDC is its own multisize mechanism; hooks={config.hooks!r} is not supported "
                               "(use --method sdc without --hooks, or --method mdc).")
         if not (mc.lr > 0 and mc.skew_weight >= 0 and mc.ortho_weight >= 0 and mc.slim_weight >= 0
-                and mc.skew_terms >= 1):
+                and mc.skew_terms >= 1 and mc.lbs_steps >= 0 and mc.lbs_lr > 0):
             raise ConfigError(f"SDC lr={mc.lr}, skew_weight={mc.skew_weight}, ortho_weight={mc.ortho_weight}, "
                               f"slim_weight={mc.slim_weight}, skew_terms={mc.skew_terms}; expected lr > 0, "
-                              "non-negative weights and skew_terms >= 1.")
+                              "non-negative weights, skew_terms >= 1, lbs_steps >= 0 and lbs_lr > 0.")
         self.mc = mc
         self.config = config
         self.gen = generator
@@ -277,11 +305,47 @@ class SDC(Matcher):
             o.losses = {p: total for p in prefixes}
         return outs
 
+    def finish(self, syn: SlimmableSet) -> None:
+        """Nested learning-based slimming (``lbs_steps > 0``), called by the engine after the last
+        outer iteration: fix the significance order, then for ``n = 1..N`` fine-tune only the
+        entries the ``n``-component decode introduces (:meth:`SlimmableSet.stage_masks`) on the
+        base loss of that decode. Smaller sizes stay bit-identical, so the result is one buffer."""
+        if self.mc.lbs_steps <= 0:
+            return
+        syn.freeze_order_()
+        t = int(self.config.iterations)
+        for n in range(1, syn.ipc + 1):
+            t = lbs_stage(syn, self.base, n, steps=int(self.mc.lbs_steps), lr=float(self.mc.lbs_lr), t0=t)
+
     def state_dict(self) -> dict[str, Any]:
         return {"base": self.base.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base.load_state_dict(state.get("base", {}))
+
+
+def lbs_stage(syn: SlimmableSet, base: Matcher, n: int, *, steps: int, lr: float, t0: int = 0) -> int:
+    """One LBS stage: ``steps`` Adam steps on the base matcher's loss of the ``n``-component decode,
+    updating only the entries of :meth:`SlimmableSet.stage_masks` (Adam with a gradient that is
+    always 0 never moves an entry). Returns the next outer-iteration number for the base."""
+    params = [syn.u, syn.s, syn.images]
+    masks = syn.stage_masks(n)
+    opt = torch.optim.Adam(params, lr=lr)
+    view = syn.truncated(n)
+    t = t0
+    for _ in range(steps):
+        base.begin_outer(t)
+        for group in base.class_groups(syn.num_classes):
+            outs = base.match(view, group, prefixes=(None,))
+            loss = torch.stack([o.losses[None] for o in outs]).sum()
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
+            for p, m in zip(params, masks):
+                p.grad.mul_(m)
+            opt.step()
+        base.between_inner(0)
+        t += 1
+    return t
 
 
 def sdc_buffer(syn: SlimmableSet, dataset, config, extra: dict):
@@ -291,8 +355,7 @@ def sdc_buffer(syn: SlimmableSet, dataset, config, extra: dict):
 
     codes, coefs = syn.export()
     mc = config.method_config or {}
-    sig = [[round(float(v), 6) for v in torch.sort(syn.significance(c).detach(), descending=True).values]
-           for c in range(syn.num_classes)]
+    sig = [[round(float(v), 5) for v in syn.significance(c).detach()[syn.order(c)]] for c in range(syn.num_classes)]
     extra = dict(extra)
     extra["sdc"] = {"significance": sig}
     return MultisizeBuffer.from_class_major(
