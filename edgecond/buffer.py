@@ -1157,6 +1157,14 @@ class MultisizeBuffer:
             x = decode_images(q, src=self._src)
         return np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4))
 
+    def coefficients_class_major(self, n: int | None = None) -> np.ndarray | None:
+        """SDC coefficients ``[K, n, M]`` in their storage dtype (a new array); None for plain images."""
+        if not self._meta.is_sdc:
+            return None
+        n = self._resolve_n(n)
+        self.verify(n)
+        return np.ascontiguousarray(self._stored("coefficients", n).transpose(1, 0, 2))
+
     def _sdc_images(self, q: np.ndarray, *, factor: int) -> np.ndarray:
         """Spec §5.1 decode of the verified prefix ``q`` (component codes) with its coefficients."""
         return _sdc_decode(self._src, q, self._stored("coefficients", q.shape[0]), factor)

@@ -408,3 +408,16 @@ def test_nested_lbs_keeps_smaller_sizes_bit_identical():
     np.testing.assert_allclose(res.buffer.images_class_major(), res.images.numpy(), atol=1e-5)
     with pytest.raises(ConfigError):
         condense(ds, _tiny_sdc("dm", method_config={"lbs_steps": -1}), progress=False)
+
+
+def test_continual_condense_classes_keeps_the_sdc_formation(tmp_path):
+    from edgecond.continual import ExperienceCondenseConfig, condense_classes
+
+    ds = tiny_dataset(classes=4)
+    cfg = ExperienceCondenseConfig(method="sdc", hooks="none", ipc=3, seed=1, overrides={
+        "iterations": 1, "model_kwargs": {"width": 8}, "batch_real": 8, "base": "dm"})
+    buf = condense_classes(ds, [2, 3], cfg, cache_dir=tmp_path, progress=False)
+    assert buf.meta.formation == SDC_FORMATION and list(buf.labels) == [2, 3] and buf.ipc == 3
+    for n in (1, 3):
+        x, y = buf.training_arrays(n)
+        assert np.abs(x - _torch_decode(buf, n)).max() <= 1e-6 and sorted(set(y.tolist())) == [2, 3]
