@@ -80,7 +80,7 @@ def _jobs(methods: list[str], ipc: int, a_sizes: list[int] | None, *,
             extra += ["--a-sizes", ",".join(map(str, a))]
         return name, extra
 
-    main_part = [m for m in ("random", "C", "MDC") if m in methods]
+    main_part = [m for m in ("random", "C", "MDC", "SDC-LFS", "SDC-LBS") if m in methods]
     if main_part:
         a = [ipc] if ("C" in main_part and ipc in sizes) else []
         jobs.append(with_a("-".join(main_part), main_part, a))
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--condense", type=_kv, default={}, metavar="K=V,...",
                    help="CondenseConfig/method overrides for every condensation, e.g. iterations=30")
     p.add_argument("--mdc", type=_kv, default={}, metavar="K=V,...", help="MDCConfig overrides, e.g. delta_t=5")
+    p.add_argument("--sdc", type=_kv, default={}, metavar="K=V,...",
+                   help="SDCConfig overrides of SDC-LFS, e.g. skew_weight=0.3,slim_weight=1")
     p.add_argument("--eval", type=_kv, default={}, metavar="K=V,...", help="EvalConfig overrides, e.g. epochs=200")
     p.add_argument("--sizes", default=None, help="evaluate only these sizes, e.g. 1,2,5,10 (default: all 1..N)")
     p.add_argument("--a-sizes", default=None, help="only these sizes of Baseline A, e.g. 1,2,3 (split A across processes)")
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=args.dataset, base=args.base, ipc=args.ipc, preset=args.preset,
             seeds=tuple(range(args.seeds)), seed=args.seed,
             methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-            condense_overrides=args.condense, mdc=args.mdc, eval_overrides=args.eval, device=args.device,
+            condense_overrides=args.condense, mdc=args.mdc, sdc=args.sdc, eval_overrides=args.eval, device=args.device,
             a_sizes=[int(v) for v in args.a_sizes.split(",")] if args.a_sizes else None, b_mode=args.b_mode,
             eval_sizes=[int(v) for v in args.sizes.split(",")] if args.sizes else None,
         )

@@ -349,22 +349,34 @@ class CondensedBuffer(ExemplarsBuffer):
         """Memory held now, in ``unit`` (always ``<= max_size``)."""
         return memory_used(self.counts, self.cost_per_image()) if self.counts else 0
 
-    def _items_of(self, c: int) -> torch.Tensor:
-        """All decoded items of class ``c`` (every rank), pixel space or normalised."""
+    def _items_of(self, c: int, n: int | None = None) -> torch.Tensor:
+        """Decoded items of class ``c`` (every rank; for a slimmable (SDC) buffer those of its
+        first ``n`` ranks, which are not a cut of the full decode), pixel space or normalised."""
+        s = self._classes[c]
+        buf = s.buffer
+        if buf.meta.is_sdc and n is not None:
+            f2 = int(buf.factor) ** 2
+            held_x = self._decoded.get(c)
+            if held_x is None or len(held_x) != n * f2:
+                self._decoded.pop(c, None)
+                x = torch.from_numpy(np.ascontiguousarray(buf.class_training_images(s.slot, n)))
+                self._decoded[c] = self._normalized(x, buf)
+            return self._decoded[c]
         if c not in self._decoded:
-            s = self._classes[c]
-            buf = s.buffer
             held = self._class_major.get(s.key)
             if held is None or held[0] is not buf:                       # read each buffer once
                 held = self._class_major[s.key] = (buf, buf.images_class_major())  # [K, N, C, H, W]
             images = held[1][s.slot]                                     # [N, C, H, W] pixel
             x = torch.from_numpy(np.ascontiguousarray(decode_numpy(images, int(buf.factor))))
-            if self.normalize:
-                mean = torch.tensor(buf.meta.mean, dtype=x.dtype).view(1, -1, 1, 1)
-                std = torch.tensor(buf.meta.std, dtype=x.dtype).view(1, -1, 1, 1)
-                x = (x - mean) / std
-            self._decoded[c] = x
+            self._decoded[c] = self._normalized(x, buf)
         return self._decoded[c]
+
+    def _normalized(self, x: torch.Tensor, buf: Any) -> torch.Tensor:
+        if self.normalize:
+            mean = torch.tensor(buf.meta.mean, dtype=x.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(buf.meta.std, dtype=x.dtype).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x
 
     def _rebuild(self, *, reason: str) -> None:
         order = sorted(self._classes)
@@ -377,7 +389,7 @@ class CondensedBuffer(ExemplarsBuffer):
             if n == 0:
                 continue
             f2 = int(self._classes[c].buffer.factor) ** 2
-            x = self._items_of(c)[: n * f2]
+            x = self._items_of(c, n)[: n * f2]
             xs.append(x)
             ys += [c] * len(x)
             ts += [self._classes[c].task] * len(x)

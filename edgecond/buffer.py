@@ -46,7 +46,7 @@ import numpy as np
 
 from .errors import BufferFormatError, ConfigError
 from .errors import EdgecondError as EdgecondErrorBase
-from .formation import check_factor, decode_numpy
+from .formation import SDC_KIND, SDC_VERSION, check_factor, decode_numpy, decode_sdc_numpy
 
 __all__ = [
     "FORMAT",
@@ -67,6 +67,7 @@ __all__ = [
     "slice_file",
     "encode_images",
     "decode_images",
+    "SDC_FORMATION",
 ]
 
 FORMAT_NAME = "edgecond"
@@ -94,10 +95,13 @@ DECODE_BUDGET_ENV = "EDGECOND_DECODE_BUDGET"
 _ST_TO_NP = {"U8": np.dtype("uint8"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}
 _NP_TO_ST = {"uint8": "U8", "float16": "F16", "float32": "F32"}
 _ST_NAMES = {v: k for k, v in _NP_TO_ST.items()}
-_TENSOR_DTYPES = {"images": ("U8", "F16", "F32"), "soft_labels": ("F16", "F32")}
+_TENSOR_DTYPES = {"images": ("U8", "F16", "F32"), "soft_labels": ("F16", "F32"),
+                  "coefficients": ("F16", "F32")}  # coefficients: formation sdc/1 only (spec §5.1)
 # spec §3: essential keys (covered by the digest chain's seed; every slice keeps them) ...
 _REQUIRED_KEYS = ("classes", "dataset", "digest", "format", "mean", "std")
-_OPTIONAL_KEYS = ("factor", "labels", "recipe", "soft", "space")  # written only when not the default
+_OPTIONAL_KEYS = ("factor", "formation", "labels", "recipe", "soft", "space")  # written only when not the default
+SDC_FORMATION = f"{SDC_KIND}/{SDC_VERSION}"  # metadata 'formation' of slimmable (SDC) buffers
+MAX_SDC_COEFFICIENTS = 1 << 16  # cap on M, the coefficients per rank and class (spec §5.1)
 # ... provenance keys (descriptive; covered by PROV_KEY; dropped by provenance=False)
 PROVENANCE_KEYS = ("accuracy", "config", "extra", "method")
 PROV_KEY = "prov"
@@ -436,6 +440,17 @@ class BufferMeta:
     provenance_digest: str = ""  # metadata 'prov': digest of the provenance keys ("" in lean files)
     #: the training recipe (``edgecond.recipe.Recipe``, essential key ``recipe``); None when absent
     recipe: Any = None
+    formation: str = ""  # "" = images (spec §5); "sdc/1" = slimmable components (spec §5.1)
+
+    @property
+    def is_sdc(self) -> bool:
+        """True for a slimmable (SDC) buffer: ranks are components, decoded by :func:`decode_sdc_numpy`."""
+        return self.formation == SDC_FORMATION
+
+    @property
+    def decoded_per_rank(self) -> int:
+        """Training images one rank of one class decodes to (``factor²`` for every formation kind)."""
+        return self.factor * self.factor
 
     @property
     def has_provenance(self) -> bool:
@@ -583,6 +598,8 @@ class BufferMeta:
             "extra": self.extra,
             "digest": self.digest,
             "rank_bytes": self.rank_bytes,
+            "formation": self.formation or "images",
+            "decoded_per_rank": self.decoded_per_rank,
             "has_provenance": self.has_provenance,
             "provenance_digest": self.provenance_digest,
             "recipe": self.recipe.to_json() if self.recipe is not None else None,
@@ -602,6 +619,38 @@ class _Layout:
     chain: list[bytes]  # n chain entries (raw digests)
     start: int = 0  # delta only
     anchor: bytes = b""  # delta only
+
+
+def _sdc_coefficients_spec(src: str, raw: tuple, n: int, k: int) -> "TensorSpec":
+    """Spec §5.1: ``coefficients`` is ``[N, K, M]`` with ``N <= M <= MAX_SDC_COEFFICIENTS``."""
+    dt, shape, _ = raw
+    if len(shape) != 3 or shape[0] != n or shape[1] != k or not n <= shape[2] <= MAX_SDC_COEFFICIENTS:
+        raise _err(src, f"'coefficients' has shape {shape!r:.80}; expected [N={n}, K={k}, M] with "
+                        f"{n} <= M <= {MAX_SDC_COEFFICIENTS} (one weight per decoded row, formation sdc/1).")
+    return TensorSpec("coefficients", dt, tuple(shape[1:]))
+
+
+def _check_formation(src: str, md: Mapping[str, str], raw_specs: Mapping[str, tuple]) -> str:
+    """Spec §5.1: the optional ``formation`` key; ``sdc/1`` iff a ``coefficients`` tensor is present."""
+    formation = md.get("formation", "")
+    if "formation" in md and formation != SDC_FORMATION:
+        raise _err(src, f"unsupported formation {formation!r:.40}; this edgecond reads {SDC_FORMATION!r} "
+                        "or no 'formation' key (plain images). Upgrade edgecond or re-create the buffer.")
+    if ("coefficients" in raw_specs) != (formation == SDC_FORMATION):
+        raise _err(src, f"the 'coefficients' tensor and formation {SDC_FORMATION!r} must be present together; "
+                        f"found tensor={'coefficients' in raw_specs}, formation={formation or None!r}.")
+    if formation and "soft_labels" in raw_specs:
+        raise _err(src, f"formation {SDC_FORMATION!r} does not define soft labels; found a 'soft_labels' tensor.")
+    return formation
+
+
+def _sdc_decode(src: str, codes: np.ndarray, coefficients: np.ndarray, factor: int) -> np.ndarray:
+    """Checked SDC decode (spec §5.1): codes must be valid images, coefficients finite."""
+    codes = decode_images(codes, src=src)
+    coef = coefficients.astype(np.float32)
+    if not np.isfinite(coef).all():
+        raise _err(src, "SDC coefficients contain NaN or infinite values; expected finite numbers. The file is damaged.")
+    return decode_sdc_numpy(codes, coef, factor)
 
 
 def _read_prefix(src: str, first8: bytes, total_size: int) -> int:
@@ -670,7 +719,8 @@ def _parse_header_checked(src: str, js: bytes, hlen: int, total_size: int, *, ki
     # ---- tensors
     unknown_t = sorted(set(header) - set(_TENSOR_DTYPES))
     if unknown_t:
-        raise _err(src, f"unknown tensors {unknown_t}; expected 'images' and optionally 'soft_labels'.")
+        raise _err(src, f"unknown tensors {unknown_t}; expected 'images' and optionally 'soft_labels' "
+                        "(or 'coefficients' with formation sdc/1).")
     if "images" not in header:
         raise _err(src, "no 'images' tensor; expected an 'images' tensor of shape [N, K, C, H, W].")
     raw_specs = {}
@@ -698,6 +748,8 @@ def _parse_header_checked(src: str, js: bytes, hlen: int, total_size: int, *, ki
             raise _err(src, f"'soft_labels' has shape {sshape}; expected [N={n}, K={k}, factor², L].")
         _check_soft_caps(src, sshape)
         specs.append(TensorSpec("soft_labels", sdt, tuple(sshape[1:])))
+    if "coefficients" in raw_specs:
+        specs.append(_sdc_coefficients_spec(src, raw_specs["coefficients"], n, k))
     order = _data_order(specs)
     data_start = 8 + hlen
     data_len = total_size - data_start
@@ -772,6 +824,7 @@ def _parse_header_checked(src: str, js: bytes, hlen: int, total_size: int, *, ki
     if has_soft_tensor and raw_specs["soft_labels"][1][2] != factor * factor:
         raise _err(src, f"'soft_labels' has {raw_specs['soft_labels'][1][2]} entries per stored image; "
                         f"expected factor² = {factor * factor}.")
+    formation = _check_formation(src, md, raw_specs)
     dig = md["digest"]
     digests = tuple(dig[i * DIGEST_CHARS:(i + 1) * DIGEST_CHARS] for i in range(n))
     chain = [_unb64(d) for d in digests]
@@ -828,7 +881,7 @@ def _parse_header_checked(src: str, js: bytes, hlen: int, total_size: int, *, ki
         dtype=_ST_NAMES[dt], ipc=n, factor=factor,
         mean=stats["mean"], std=stats["std"], method=method, config=config, accuracy=accuracy,
         soft=soft, extra=extra, space="pixel", format=FORMAT, digests=digests, tensors=order,
-        raw=base_md, provenance_digest=prov, recipe=_check_recipe(src, md),
+        raw=base_md, provenance_digest=prov, recipe=_check_recipe(src, md), formation=formation,
     )
     return _Layout(meta=meta, n=n, data_start=data_start, begins=begins, seed=seed,
                    chain=chain, start=start, anchor=anchor)
@@ -966,6 +1019,8 @@ class MultisizeBuffer:
         extra: Mapping[str, Any] | None = None,
         accuracy: Any = None,
         recipe: Any = None,
+        coefficients: Any = None,
+        coefficient_dtype: str = "float16",
     ) -> "MultisizeBuffer":
         """Build a buffer from class-major images ``[K, N, C, H, W]`` (float pixel space or uint8).
 
@@ -974,6 +1029,9 @@ class MultisizeBuffer:
         ``soft_labels``: ``[K, N, factor², L]`` (or ``[K, N, L]`` when ``factor == 1``), stored
         float32, kind ``"logits"`` or ``"probs"``. Float images are clipped to ``[0, 1]``.
         ``recipe``: an :class:`edgecond.recipe.Recipe` (essential key ``recipe``), or None.
+        ``coefficients``: ``[K, N, M]`` (``M >= N``) makes a slimmable (SDC, formation ``sdc/1``)
+        buffer: ``images`` are then the component codes in ``[0, 1]`` (spec §5.1), stored with
+        ``coefficient_dtype`` (float16 | float32).
         """
         if hasattr(images, "detach"):
             images = images.detach().cpu().numpy()
@@ -1041,6 +1099,12 @@ class MultisizeBuffer:
             md["soft"] = _canonical({"kind": soft_label_kind})
         if accuracy is not None:
             md["accuracy"] = _canonical(_normalize_accuracy(accuracy))
+        if coefficients is not None:
+            if soft_labels is not None:
+                raise ConfigError("a slimmable (SDC) buffer stores no soft labels; pass soft_labels=None.")
+            arrays["coefficients"], spec = _sdc_coefficients_array(coefficients, k, n, coefficient_dtype)
+            specs.append(spec)
+            md["formation"] = SDC_FORMATION
         order = _data_order(specs)
         return cls._assemble(md, order, [[arrays[t.name][r] for t in order] for r in range(n)], n)
 
@@ -1249,8 +1313,37 @@ class MultisizeBuffer:
         """Images ``[K, n, C, H, W]`` as float32 pixel space (a new array); ``max_bytes``: see :func:`decode_budget`."""
         _check_decode_budget(self._src, self._meta.decode_bytes(self._resolve_n(n), decode=False), max_bytes,
                              "images_class_major")
-        x = decode_images(self.stored_images(n), src=self._src)
+        q = self.stored_images(n)
+        if self._meta.is_sdc:  # the decoded (untiled) images of the n-component prefix
+            x = self._sdc_images(q, factor=1).reshape(q.shape)
+        else:
+            x = decode_images(q, src=self._src)
         return np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4))
+    def coefficients_class_major(self, n: int | None = None) -> np.ndarray | None:
+        """SDC coefficients ``[K, n, M]`` in their storage dtype (a new array); None for plain images."""
+        if not self._meta.is_sdc:
+            return None
+        n = self._resolve_n(n)
+        self.verify(n)
+        return np.ascontiguousarray(self._stored("coefficients", n).transpose(1, 0, 2))
+
+    def _sdc_images(self, q: np.ndarray, *, factor: int) -> np.ndarray:
+        """Spec §5.1 decode of the verified prefix ``q`` (component codes) with its coefficients."""
+        return _sdc_decode(self._src, q, self._stored("coefficients", q.shape[0]), factor)
+
+    def class_training_images(self, slot: int, n: int | None = None) -> np.ndarray:
+        """Decoded training images ``[n*f², C, H, W]`` (float32 pixel) of class slot ``slot``'s
+        first ``n`` ranks, for either formation kind (SDC images depend on ``n``, so a client must
+        not cut a larger decode: this is the per-class reader the Avalanche policy uses)."""
+        n = self._resolve_n(n)
+        if not (_is_int(slot) or isinstance(slot, np.integer)) or not 0 <= int(slot) < self.num_classes:
+            raise ConfigError(f"slot must be an integer in 0..{self.num_classes - 1}, got {slot!r}.")
+        q = self.stored_images(n)
+        if self._meta.is_sdc:
+            coef = self._stored("coefficients", n)[:, int(slot):int(slot) + 1]
+            return _sdc_decode(self._src, q[:, int(slot):int(slot) + 1], coef, self.factor)
+        x = decode_images(q[:, int(slot)], src=self._src)
+        return decode_numpy(x, self.factor) if self.factor > 1 else x
 
     def training_arrays(self, n: int | None = None, *, decode: bool = True,
                         max_bytes: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -1266,8 +1359,11 @@ class MultisizeBuffer:
                              "training_arrays")
         q = self.stored_images(n)
         m = q.shape[0] * q.shape[1]
-        x = decode_images(q, src=self._src).reshape(m, *q.shape[2:])
         y = np.tile(np.asarray(self._meta.labels, dtype=np.int64), q.shape[0])
+        if self._meta.is_sdc:  # spec §5.1: n components -> n images per class (then factor² tiles)
+            x = self._sdc_images(q, factor=self.factor if decode else 1)
+            return x, (np.repeat(y, self.factor * self.factor) if decode else y)
+        x = decode_images(q, src=self._src).reshape(m, *q.shape[2:])
         if decode and self.factor > 1:
             x = decode_numpy(x, self.factor)
             y = np.repeat(y, self.factor * self.factor)
@@ -1524,6 +1620,23 @@ def _normalize_accuracy(table: Any) -> dict[str, dict]:
             raise ConfigError(f"accuracy for size {n} must have mean in [0, 1], got {m!r}.")
         out[str(int(n))] = entry
     return out
+
+
+def _sdc_coefficients_array(coefficients: Any, k: int, n: int, dtype: str) -> tuple[np.ndarray, TensorSpec]:
+    """Class-major ``[K, N, M]`` SDC coefficients -> rank-major stored array and its spec."""
+    if hasattr(coefficients, "detach"):
+        coefficients = coefficients.detach().cpu().numpy()
+    a = np.asarray(coefficients, dtype=np.float64)
+    if a.ndim != 3 or a.shape[:2] != (k, n) or not n <= a.shape[2] <= MAX_SDC_COEFFICIENTS:
+        raise ConfigError(f"coefficients must have shape [K={k}, N={n}, M] with {n} <= M <= "
+                          f"{MAX_SDC_COEFFICIENTS}, got {np.shape(coefficients)}.")
+    name = _storage_name(dtype)
+    if name not in ("float16", "float32"):
+        raise ConfigError(f"coefficient_dtype must be float16 or float32, got {dtype!r}.")
+    if not np.isfinite(a).all() or (name == "float16" and np.abs(a).max() > 65504):
+        raise ConfigError(f"coefficients must be finite (and within float16 range for {name}).")
+    out = np.ascontiguousarray(a.transpose(1, 0, 2)).astype("<f2" if name == "float16" else "<f4")
+    return out, TensorSpec("coefficients", _NP_TO_ST[name], (k, int(a.shape[2])))
 
 
 def _write_pieces(dest: PathOrStream, pieces: Sequence[Any]) -> int:

@@ -431,8 +431,12 @@ def condense_classes(
     meta = buf.meta
     extra = dict(getattr(meta, "extra", {}) or {})
     extra.update({"continual_classes": classes, "continual_key": key})
+    sdc = bool(getattr(meta, "is_sdc", False))  # slimmable: keep the components, not their decode
+    sdc_kw = ({"coefficients": buf.coefficients_class_major(),
+               "coefficient_dtype": str(buf.coefficients_class_major(1).dtype)} if sdc else {})
     relabelled = MultisizeBuffer.from_class_major(
-        buf.images_class_major(),
+        buf.stored_images().transpose(1, 0, 2, 3, 4) if sdc else buf.images_class_major(),
+        **sdc_kw,
         labels=classes,
         class_names=[dataset.class_names[c] for c in classes],
         dataset=dataset.name,

@@ -24,7 +24,8 @@ from .errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["decode_numpy", "decode_torch", "decode_labels", "check_factor"]
+__all__ = ["decode_numpy", "decode_torch", "decode_labels", "check_factor", "SDC_KIND", "SDC_VERSION",
+           "decode_sdc_numpy", "decode_sdc_torch"]
 
 
 def check_factor(factor: int, height: int, width: int) -> int:
@@ -102,3 +103,59 @@ def decode_labels(labels: Any, factor: int):
     if hasattr(labels, "repeat_interleave"):
         return labels.repeat_interleave(reps)
     return np.repeat(np.asarray(labels), reps)
+
+
+# ----------------------------------------------------------------------------- SDC (slimmable)
+#
+# Formation kind ``sdc/1`` (docs/buffer-format.md §5.1, docs/multisize.md "SDC"): stored rank ``r``
+# of class ``k`` is *component* ``r`` of that class, not an image. ``components[r, k]`` holds
+# the component's basis image coded in [0, 1] (the value rules of ordinary images: U8/F16/F32),
+# read as ``v = 2·code − 1 ∈ [−1, 1]``; ``coefficients[r, k, i]`` is the weight of component
+# ``r`` in decoded image ``i`` (U·Σ of X = UΣV, with the component's scale folded in). The
+# first ``n`` ranks decode to ``n`` images per class (then the usual ``factor²`` tiles each):
+#
+#     X_k(n) = clip( A_k(n) · V_k(n), 0, 1 ),   A_k(n)[i, j] = coefficients[j, k, i],  i, j < n
+#
+# i.e. the first n rows of the rank-n truncation (the least significant components dropped).
+# Decoded order: rank (row i) major, then class slot, then the factor² tiles (as for images).
+
+SDC_KIND = "sdc"
+SDC_VERSION = 1
+
+
+def check_sdc_shapes(codes_shape: tuple, coef_shape: tuple) -> tuple[int, int]:
+    """``(n, K)`` of an SDC prefix; raises :class:`ConfigError` on inconsistent shapes."""
+    if len(codes_shape) != 5 or len(coef_shape) != 3 or tuple(coef_shape[:2]) != tuple(codes_shape[:2]) \
+            or coef_shape[2] < codes_shape[0]:
+        raise ConfigError(
+            f"SDC decode expects components [n, K, C, H, W] and coefficients [n, K, M] with M >= n; "
+            f"got {tuple(codes_shape)} and {tuple(coef_shape)}."
+        )
+    return int(codes_shape[0]), int(codes_shape[1])
+
+
+def decode_sdc_numpy(codes: np.ndarray, coefficients: np.ndarray, factor: int = 1) -> np.ndarray:
+    """Decode the first ``n`` SDC ranks (``codes [n, K, C, H, W]`` in [0, 1], ``coefficients
+    [n, K, M]``) to ``[n*K*factor², C, H, W]`` float32 pixel images (rank-major, then class, then
+    tiles). Computed in float64; numpy only."""
+    codes = np.asarray(codes)
+    coefficients = np.asarray(coefficients)
+    n, k = check_sdc_shapes(codes.shape, coefficients.shape)
+    c, h, w = codes.shape[2:]
+    v = 2.0 * codes.astype(np.float64).reshape(n, k, c * h * w) - 1.0      # [j, k, d]
+    a = coefficients[:, :, :n].astype(np.float64)                           # [j, k, i]
+    x = np.einsum("jki,jkd->ikd", a, v)                                     # [i, k, d]
+    x = np.clip(x, 0.0, 1.0).astype(np.float32).reshape(n * k, c, h, w)
+    return decode_numpy(x, factor) if factor != 1 else x
+
+
+def decode_sdc_torch(codes: "torch.Tensor", coefficients: "torch.Tensor", factor: int = 1) -> "torch.Tensor":
+    """Torch version of :func:`decode_sdc_numpy` (differentiable; computes in the input dtype)."""
+    import torch
+
+    n, k = check_sdc_shapes(tuple(codes.shape), tuple(coefficients.shape))
+    c, h, w = codes.shape[2:]
+    v = 2.0 * codes.reshape(n, k, c * h * w) - 1.0
+    a = coefficients[:, :, :n].to(v.dtype)
+    x = torch.einsum("jki,jkd->ikd", a, v).clamp(0.0, 1.0).reshape(n * k, c, h, w)
+    return decode_torch(x, factor) if factor != 1 else x

@@ -89,6 +89,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"  mean/std   {list(meta.mean)} / {list(meta.std)}",
         f"  rank       {meta.rank_bytes} bytes ({format_bytes(meta.rank_bytes)}) per rank of all classes",
     ]
+    if getattr(meta, "is_sdc", False):
+        lines.append(f"  formation  {meta.formation}: ranks are slimmable components (n ranks decode to n "
+                     "images per class, docs/buffer-format.md §5.1)")
     if meta.soft is not None:
         lines.append(f"  soft       {meta.soft.get('kind')} over {meta.soft_label_dim} classes")
     if meta.extra:

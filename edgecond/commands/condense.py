@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .checks import check_field_types, check_output_file, float_arg, int_arg
 
-METHOD_HELP = "idc | idm | dm | random | herding | mdc (with --base) (see `edgecond condense --list`)"
+METHOD_HELP = "idc | idm | dm | random | herding | mdc | sdc (both with --base) (see `edgecond condense --list`)"
 
 
 def _parse_value(text: str):
@@ -45,7 +45,7 @@ def _add_flips(p) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "condense",
-        help="condense a dataset into one multisize buffer (idc, idm, dm, random, herding)",
+        help="condense a dataset into one multisize buffer (idc, idm, dm, random, herding, mdc, sdc)",
         description="Condense the training split of a dataset into ONE multisize buffer whose first n "
                     "images per class are a training set for every n. Presets: quick (CPU minutes on "
                     "digits) and paper (the published settings). Checkpoints are written atomically "
@@ -64,7 +64,8 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=None, help="buffer storage: uint8 (default) | float16 | float32")
     p.add_argument("--hooks", default=None, help="none | mdc (multisize wrapper; same as --method mdc --base METHOD)")
     p.add_argument("--base", default=None,
-                   help="base matcher of --method mdc: idc | idm | dm (default: idc on images up to 8x8 and for --preset paper, dm above)")
+                   help="base matcher of --method mdc: idc | idm | dm (default: idc on images up to 8x8 and for "
+                        "--preset paper, dm above); of --method sdc: idm (default) | dm | idc")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config or method field, e.g. --set inner_steps=20 (repeatable; JSON values)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")

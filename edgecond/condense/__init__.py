@@ -30,7 +30,7 @@ from .engine import (
     list_methods,
     register_method,
 )
-from . import idc, idm, selection  # noqa: F401  (register the methods)
+from . import idc, idm, sdc, selection  # noqa: F401  (register the methods)
 from .idc import IDC, IDCConfig
 from .idm import DM, IDM, DMConfig, IDMConfig
 from .selection import HerdingConfig, HerdingSelection, RandomSelection

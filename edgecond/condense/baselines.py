@@ -55,7 +55,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHOD_KEYS: tuple[str, ...] = ("random", "A", "B", "C", "MDC")
+METHOD_KEYS: tuple[str, ...] = ("random", "A", "B", "C", "MDC", "SDC-LFS", "SDC-LBS")
+#: Adam steps per size of SDC-LBS's nested learning-based slimming when ``sdc`` does not set
+#: ``lbs_steps`` (a priori: 10 sizes x 15 steps = the 150 outer iterations of the quick run; not tuned)
+SDC_LBS_STEPS = 15
 B_MODES: tuple[str, ...] = ("joint", "independent")
 
 
@@ -81,6 +84,9 @@ class SubsetDegradationConfig:
         condense_overrides: :class:`~edgecond.condense.CondenseConfig` / method fields applied to
             every condensation (e.g. ``{"iterations": 30}``).
         mdc: :class:`~edgecond.condense.multisize.MDCConfig` overrides on top of the MDC preset.
+        sdc: :class:`~edgecond.condense.sdc.SDCConfig` overrides on top of the SDC preset over ``base``
+            (``SDC-LFS``: one slimmable condensation, every size its first ``n`` components;
+            ``SDC-LBS``: the same run followed by the nested learning-based slimming sweep).
         device: torch device for condensation and evaluation.
     """
 
@@ -96,6 +102,7 @@ class SubsetDegradationConfig:
     condense_overrides: dict = field(default_factory=dict)
     mdc: dict = field(default_factory=dict)
     device: str = "cpu"
+    sdc: dict = field(default_factory=dict)
     a_sizes: Sequence[int] | None = None  #: run only these sizes of Baseline A (split A across processes)
     eval_sizes: Sequence[int] | None = None  #: evaluate only these sizes (default: every size 1..N)
     b_mode: str = "joint"
@@ -400,14 +407,14 @@ class SubsetDegradationResult:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-        styles = {"random": ":", "A": "-", "B": "-.", "C": "--", "MDC": "-"}
+        styles = {"random": ":", "A": "-", "B": "-.", "C": "--", "MDC": "-", "SDC-LFS": "-", "SDC-LBS": "-."}
         for k in METHOD_KEYS:
             if k not in self.methods:
                 continue
             m = self.methods[k]
             ax.errorbar(m["sizes"], [100 * v for v in m["mean"]], yerr=[100 * v for v in m["std"]],
                         label=k, linestyle=styles.get(k, "-"), marker="o", markersize=3, capsize=2,
-                        linewidth=2.2 if k == "MDC" else 1.3)
+                        linewidth=2.2 if k in ("MDC", "SDC-LFS") else 1.3)
         ax.set_xlabel("images per class (prefix size)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{self.config.get('dataset')} · {self.config.get('base')} · IPC{self.config.get('ipc')}")
@@ -430,6 +437,38 @@ class SubsetDegradationResult:
         if self.methods:
             self.plot(paths["png"])
         return paths
+
+
+def sdc_config(cfg: SubsetDegradationConfig, dataset: Any, *, lbs: bool = False):
+    """The ``sdc`` condensation of a benchmark run: the SDC preset over ``cfg.base`` with the
+    benchmark's engine overrides (iterations etc.; base-matcher fields go to its ``base_config``)
+    and ``cfg.sdc`` on top."""
+    from . import condense_preset
+    from .engine import CondenseConfig
+
+    engine_fields = {f.name for f in dataclasses.fields(CondenseConfig)}
+    over = bench_overrides(cfg)
+    engine = {k: v for k, v in over.items() if k in engine_fields}
+    base_fields = {k: v for k, v in over.items() if k not in engine_fields}
+    engine.setdefault("seed", int(cfg.seed))
+    probe = condense_preset("sdc", cfg.preset, dataset, ipc=int(cfg.ipc), base=cfg.base, **engine)
+    mc = dict(probe.method_config)
+    mc["base_config"] = {**mc.get("base_config", {}), **base_fields}
+    mc.update(cfg.sdc)
+    mc["lbs_steps"] = int(cfg.sdc.get("lbs_steps") or SDC_LBS_STEPS) if lbs else 0
+    return condense_preset("sdc", cfg.preset, dataset, ipc=int(cfg.ipc), method_config=mc, **engine)
+
+
+def sdc_condense(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
+                 lbs: bool = False) -> tuple[MethodSets, Any]:
+    """SDC-LFS: one slimmable condensation (X = UΣV over ``cfg.base``); size ``n`` = its first ``n``
+    components (learning-free slimming, the buffer's own decode). ``lbs=True``: SDC-LBS, the same
+    condensation followed by the nested LBS sweep (still one buffer)."""
+    r = _run(dataset, sdc_config(cfg, dataset, lbs=lbs), device=cfg.device, progress=progress)
+    sizes = range(1, int(cfg.ipc) + 1)
+    ms = MethodSets("SDC-LBS" if lbs else "SDC-LFS", _prefix_sets(r.buffer, sizes), _full_bytes(r.buffer), r.seconds, 1, [r.buffer],
+                    {"seconds_per_iteration": r.seconds_per_iteration})
+    return ms, r
 
 
 def _digest(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -526,6 +565,20 @@ def run_subset_degradation(
             base_spi, mdc_spi = float(c_result.seconds_per_iteration), float(mdc_result.seconds_per_iteration)
             result.extra.update(base_seconds_per_iteration=base_spi, mdc_seconds_per_iteration=mdc_spi,
                                 mdc_cost_ratio=mdc_spi / base_spi if base_spi > 0 else None)
+    if "SDC-LFS" in wanted:
+        bar.set_postfix(method="SDC-LFS")
+        ms_sdc, sdc_result = sdc_condense(dataset, cfg, progress=inner_progress)
+        if save_buffers and out_dir is not None:
+            sdc_result.buffer.save(Path(out_dir) / "SDC.safetensors")
+        evaluate(ms_sdc)
+        bar.update(1)
+    if "SDC-LBS" in wanted:
+        bar.set_postfix(method="SDC-LBS")
+        ms_lbs, lbs_result = sdc_condense(dataset, cfg, progress=inner_progress, lbs=True)
+        if save_buffers and out_dir is not None:
+            lbs_result.buffer.save(Path(out_dir) / "SDC-LBS.safetensors")
+        evaluate(ms_lbs)
+        bar.update(1)
     if "B" in wanted:
         bar.set_postfix(method="B")
         ms_b, b_runs = baseline_b(dataset, cfg, progress=inner_progress)
@@ -559,7 +612,7 @@ def merge_results(results: Sequence[SubsetDegradationResult], *,
     else the longest single run (a lower bound: the processes ran side by side)."""
     if not results:
         raise ConfigError("no results to merge; expected at least one subset_degradation.json.")
-    ignore = {"methods", "eval", "a_sizes", "mdc_resolved"}
+    ignore = {"methods", "eval", "a_sizes", "mdc_resolved", "sdc"}
     ref = {k: v for k, v in results[0].config.items() if k not in ignore}
     merged = SubsetDegradationResult(config=dict(results[0].config), methods={}, runtimes={}, extra={})
     totals = []

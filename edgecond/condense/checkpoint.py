@@ -24,7 +24,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -181,7 +181,8 @@ def _no_constant(name: str) -> Any:
 
 
 def check_resume_state(state: Any, path: str | os.PathLike, *, iterations: int,
-                       images_shape: tuple[int, ...], images_dtype: torch.dtype) -> int:
+                       images_shape: tuple[int, ...], images_dtype: torch.dtype,
+                       param_shapes: Sequence[tuple[int, ...]] | None = None) -> int:
     """Validate a loaded checkpoint before the engine loads any of it; returns the iteration.
 
     Checks the keys, ``0 <= iteration <= iterations`` (a checkpoint past the configured end
@@ -221,12 +222,14 @@ def check_resume_state(state: Any, path: str | os.PathLike, *, iterations: int,
     hist = state["history"]
     if not (isinstance(hist, dict) and all(isinstance(v, list) for v in hist.values())):
         raise CondenseError(f"{where}: 'history' must map names to lists. {fix}")
-    _check_optimizer_state(state["optimizer"], images_shape, where, fix)
+    _check_optimizer_state(state["optimizer"], param_shapes or (tuple(images_shape),), where, fix)
     return it
 
 
-def _check_optimizer_state(opt: Any, shape: tuple[int, ...], where: str, fix: str) -> None:
-    """The image optimizer (one parameter): its per-parameter tensors must have the images' shape."""
+def _check_optimizer_state(opt: Any, shapes: Sequence[tuple[int, ...]], where: str, fix: str) -> None:
+    """The image optimizer: its per-parameter tensors must have the shape of one of the synthetic
+    set's parameters (``shapes``: the images alone for the plain set; U, Σ, V for SDC)."""
+    allowed = {tuple(s) for s in shapes}
     if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
         raise CondenseError(f"{where}: 'optimizer' is not an optimizer state (state + param_groups). {fix}")
     for group in opt["param_groups"]:
@@ -237,6 +240,6 @@ def _check_optimizer_state(opt: Any, shape: tuple[int, ...], where: str, fix: st
         if not isinstance(pstate, dict):
             raise CondenseError(f"{where}: optimizer state entry is a {type(pstate).__name__}, expected an object. {fix}")
         for name, val in pstate.items():
-            if isinstance(val, torch.Tensor) and val.dim() > 0 and tuple(val.shape) != tuple(shape):
+            if isinstance(val, torch.Tensor) and val.dim() > 0 and tuple(val.shape) not in allowed:
                 raise CondenseError(f"{where}: optimizer {name!r} has shape {list(val.shape)}; expected the "
-                                    f"images' {list(shape)}. {fix}")
+                                    f"synthetic set's {sorted(list(s) for s in allowed)}. {fix}")

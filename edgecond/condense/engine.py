@@ -449,7 +449,10 @@ class _Logger:
 
 def _load_resume_state(state, ckpt_path, syn, opt, matcher, hooks, gen, dev) -> None:
     """Load a validated checkpoint (``check_resume_state``); any failure is a CondenseError naming the part."""
-    parts = (("images", lambda v: syn.images.copy_(v.to(dev))), ("optimizer", opt.load_state_dict),
+    parts = (("images", lambda v: syn.images.copy_(v.to(dev))),
+             *((("syn_extra", syn.load_extra_state),) if "syn_extra" in state and hasattr(syn, "load_extra_state")
+               else ()),
+             ("optimizer", opt.load_state_dict),
              ("matcher", matcher.load_state_dict), ("hooks", hooks.load_state_dict),
              ("rng", lambda v: gen.set_state(v["main"])))
     for name, load in parts:
@@ -525,14 +528,19 @@ def condense(
                                 offset=config.init_offset, init=config.init)
     real = RealData(dataset, dev)
     gen = make_generator(int(config.seed) + 1_000_003)  # CPU: indices, aug draws, model seeds
-    syn = SyntheticSet(dataset.normalize(pixels).to(dev), factor=config.factor, mean=dataset.mean, std=dataset.std)
+    make_syn = getattr(cls, "synthetic_set", None)  # a method's own parameterisation (sdc)
+    syn = (make_syn(pixels.to(dev), config, mcfg, dataset) if make_syn is not None else
+           SyntheticSet(dataset.normalize(pixels).to(dev), factor=config.factor, mean=dataset.mean, std=dataset.std))
     matcher: Matcher = cls(real, config, mcfg, device=dev, generator=gen)
     if hooks is None:
         hooks = build_hooks(config, k)
     if hasattr(hooks, "bind"):  # optional extension (MDC): the hooks see the synthetic set
         hooks.bind(syn)
     after_step = getattr(hooks, "after_step", None)  # optional extension (MDC): restore frozen ranks
-    opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
+    if make_syn is not None:  # sdc: Adam over all factors (U, Σ, V have different scales)
+        opt = torch.optim.Adam(list(syn.parameters()), lr=float(getattr(mcfg, "lr", config.lr_img)))
+    else:
+        opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
     grad_scale = image_grad_scale(config, syn)
 
     start = 0
@@ -552,7 +560,8 @@ def condense(
                 "Resume with the same settings, or start from scratch without --resume (or another --checkpoint)."
             )
         start = check_resume_state(state, ckpt_path, iterations=config.iterations,
-                                   images_shape=tuple(syn.images.shape), images_dtype=syn.images.dtype)
+                                   images_shape=tuple(syn.images.shape), images_dtype=syn.images.dtype,
+                                   param_shapes=[tuple(p.shape) for p in syn.parameters()])
         _load_resume_state(state, ckpt_path, syn, opt, matcher, hooks, gen, dev)
         history = {key: list(v) for key, v in state["history"].items()}
         log.info("resumed from %s at iteration %d", ckpt_path, start)
@@ -560,7 +569,9 @@ def condense(
     def save(next_iteration: int) -> None:
         if ckpt_path is None:
             return
+        extra_state = {"syn_extra": syn.extra_state()} if hasattr(syn, "extra_state") else {}
         save_checkpoint(ckpt_path, {
+            **extra_state,
             "config": _jsonable(config),
             "iteration": next_iteration,
             "images": syn.images.detach(),
@@ -633,6 +644,9 @@ def condense(
         bar.close()
         logger.close()
 
+    finish = getattr(matcher, "finish", None)  # optional: work after the last iteration (SDC's LBS)
+    if finish is not None:
+        finish(syn)
     images = syn.pixel_images().detach().cpu().float()
     seconds = time.perf_counter() - t_start
     spi = sum(run_seconds) / len(run_seconds) if run_seconds else float("nan")
@@ -647,5 +661,10 @@ def condense(
     }
     extra = dict(hooks.metadata() or {})
     extra["history"] = summary
-    buf = _make_buffer(images, dataset, config, extra)
+    if make_syn is not None:
+        from .sdc import sdc_buffer
+
+        buf = sdc_buffer(syn, dataset, config, extra)
+    else:
+        buf = _make_buffer(images, dataset, config, extra)
     return CondenseResult(buf, history, seconds, spi, images, config)

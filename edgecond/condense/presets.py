@@ -55,6 +55,8 @@ class PresetContext:
     facts: DataFacts
     ipc: int
     paper: str | None = None
+    #: the base matcher of a wrapper method whose Config has a ``base`` field (e.g. ``sdc``)
+    base: str | None = None
 
 
 def dataset_facts(dataset: Any) -> tuple[DataFacts, str]:
@@ -129,9 +131,14 @@ def resolve(method: str, preset: str = "quick", dataset: Any = "digits", *, base
         overrides["hooks"] = "mdc"
         if str(method).strip().lower() in MULTISIZE_ALIASES:
             raise ConfigError("base='mdc': expected a matcher (idc, idm, dm) as the base of MDC.")
-    elif base is not None:
-        raise ConfigError(f"base={base!r} is only used with method 'mdc'; drop it or use method='mdc'.")
     cls = METHODS.get(method)
+    takes_base = dataclasses.is_dataclass(cls.Config) and "base" in {f.name for f in dataclasses.fields(cls.Config)}
+    if base is None and takes_base:
+        base = (overrides.get("method_config") or {}).get("base") or overrides.get("base")
+    overrides.pop("base", None)
+    if base is not None and name not in MULTISIZE_ALIASES and not takes_base:
+        raise ConfigError(f"base={base!r} is only used with method 'mdc' or a wrapper with a base matcher "
+                          f"(sdc); drop it or use method='mdc'.")
     if preset not in cls.presets:
         raise ConfigError(
             f"unknown preset {preset!r} for method {cls.name!r}; expected one of {sorted(cls.presets)}."
@@ -139,7 +146,8 @@ def resolve(method: str, preset: str = "quick", dataset: Any = "digits", *, base
     ipc = overrides.get("ipc", 10)
     if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
         raise ConfigError(f"ipc={ipc!r}; expected an integer >= 1 (stored images per class).")
-    ctx = PresetContext(facts=facts, ipc=ipc, paper=paper_key(dataset_name))
+    ctx = PresetContext(facts=facts, ipc=ipc, paper=paper_key(dataset_name),
+                        base=str(base).strip().lower() if takes_base and base is not None else None)
     values = _call(cls.presets[preset], ctx)
     mc = dict(values.pop("method_config", {}))
     engine_fields = {f.name for f in dataclasses.fields(CondenseConfig)}
