@@ -487,9 +487,13 @@ def flips_of_buffer(meta) -> bool:
     rec = ((getattr(meta, "extra", None) or {}).get("data") or {}).get("facts") or {}
     if "flips" in rec:
         return bool(rec["flips"])
-    base = str(getattr(meta, "dataset", "")).partition(":")[0]
-    spec = DATASETS.get(base) if base and base in DATASETS else None
-    return bool(spec.flips) if spec is not None and spec.flips is not None else False
+    return bool(_registered_flips(str(getattr(meta, "dataset", ""))))
+
+
+def _registered_flips(name: str) -> bool | None:
+    """The registry's flips fact for a dataset name (``None``: unregistered, or the user says)."""
+    base = str(name).partition(":")[0]
+    return DATASETS.get(base).flips if base and base in DATASETS else None
 
 
 def dataset_of_buffer(meta, *, root: str | os.PathLike | None = None) -> ImageDataset:
@@ -499,13 +503,8 @@ def dataset_of_buffer(meta, *, root: str | os.PathLike | None = None) -> ImageDa
     rec = (getattr(meta, "extra", None) or {}).get("data") or {}
     name = rec.get("name") or getattr(meta, "dataset", "")
     flips = (rec.get("facts") or {}).get("flips")
-    base = str(name).partition(":")[0]
     try:
-        spec_flips = DATASETS.get(base).flips if base in DATASETS else None
-    except ConfigError:  # pragma: no cover - guarded by the membership test
-        spec_flips = None
-    try:
-        ds = load_dataset(name, root=root, flips=None if spec_flips is not None else flips)
+        ds = load_dataset(name, root=root, flips=None if _registered_flips(name) is not None else flips)
     except DatasetError as exc:
         raise DatasetError(
             f"the buffer was condensed from {name!r}, which cannot be opened now ({exc}). If the data moved, "

@@ -160,9 +160,10 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, *, crop_pad: int, fli
     return out
 
 
-def load_training_arrays(bundle: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The bundle's buffer slice decoded for training: x float32 [M, C, H, W] pixel, y int64 [M]."""
-    buf = _bundle_buffer(bundle)
+def load_training_arrays(bundle: dict[str, Any], buf=None) -> tuple[np.ndarray, np.ndarray]:
+    """The bundle's buffer slice decoded for training: x float32 [M, C, H, W] pixel, y int64 [M].
+    ``buf``: the slice already read by :func:`_bundle_buffer` (read here when omitted)."""
+    buf = _bundle_buffer(bundle) if buf is None else buf
     x, y = buf.training_arrays()
     return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
 
@@ -192,12 +193,13 @@ def _bundle_buffer(bundle: dict[str, Any]):
     return buf
 
 
-def bundle_recipe(bundle: dict[str, Any]):
+def bundle_recipe(bundle: dict[str, Any], buf=None):
     """The training recipe the bundle's buffer slice carries (``None`` for older slices); its
-    flip policy is the manifest's (the data facts recorded at deploy time)."""
+    flip policy is the manifest's (the data facts recorded at deploy time). ``buf``: as in
+    :func:`load_training_arrays`."""
     from edgecond.recipe import with_flips
 
-    rec = _bundle_buffer(bundle).meta.recipe
+    rec = (_bundle_buffer(bundle) if buf is None else buf).meta.recipe
     if rec is None:
         return None
     return with_flips(rec, bool(bundle["training"]["augment"].get("flip", rec.flips)) and rec.flips)
@@ -408,11 +410,12 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
     mean, std = bundle["mean"], bundle["std"]
     batch = int(bundle["batch_size"])
 
-    x, y = load_training_arrays(bundle)
+    buf = _bundle_buffer(bundle)  # read and verified once
+    x, y = load_training_arrays(bundle, buf)
     _check_batch_memory(x.shape, batch, crop_pad)
     held_out = load_eval_arrays(bundle)
-    recipe = bundle_recipe(bundle) if do_aug else None
-    has_soft = _bundle_buffer(bundle).has_soft_labels
+    recipe = bundle_recipe(bundle, buf) if do_aug else None
+    has_soft = buf.has_soft_labels
     session = _Session(bundle, config.threads)
     rng = np.random.default_rng(int(config.seed))
 

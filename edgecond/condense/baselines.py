@@ -565,20 +565,14 @@ def run_subset_degradation(
             base_spi, mdc_spi = float(c_result.seconds_per_iteration), float(mdc_result.seconds_per_iteration)
             result.extra.update(base_seconds_per_iteration=base_spi, mdc_seconds_per_iteration=mdc_spi,
                                 mdc_cost_ratio=mdc_spi / base_spi if base_spi > 0 else None)
-    if "SDC-LFS" in wanted:
-        bar.set_postfix(method="SDC-LFS")
-        ms_sdc, sdc_result = sdc_condense(dataset, cfg, progress=inner_progress)
-        if save_buffers and out_dir is not None:
-            sdc_result.buffer.save(Path(out_dir) / "SDC.safetensors")
-        evaluate(ms_sdc)
-        bar.update(1)
-    if "SDC-LBS" in wanted:
-        bar.set_postfix(method="SDC-LBS")
-        ms_lbs, lbs_result = sdc_condense(dataset, cfg, progress=inner_progress, lbs=True)
-        if save_buffers and out_dir is not None:
-            lbs_result.buffer.save(Path(out_dir) / "SDC-LBS.safetensors")
-        evaluate(ms_lbs)
-        bar.update(1)
+    for key, lbs, file in (("SDC-LFS", False, "SDC.safetensors"), ("SDC-LBS", True, "SDC-LBS.safetensors")):
+        if key in wanted:
+            bar.set_postfix(method=key)
+            ms_sdc, sdc_result = sdc_condense(dataset, cfg, progress=inner_progress, lbs=lbs)
+            if save_buffers and out_dir is not None:
+                sdc_result.buffer.save(Path(out_dir) / file)
+            evaluate(ms_sdc)
+            bar.update(1)
     if "B" in wanted:
         bar.set_postfix(method="B")
         ms_b, b_runs = baseline_b(dataset, cfg, progress=inner_progress)
