@@ -14,11 +14,14 @@ keep working.
 """
 from __future__ import annotations
 
+from enum import Enum
+
 __all__ = [
     "EdgecondError",
     "ConfigError",
     "DatasetError",
     "BufferFormatError",
+    "BufferFormatReason",
     "BudgetError",
     "CondenseError",
     "ExportError",
@@ -38,8 +41,34 @@ class DatasetError(EdgecondError, ValueError):
     """A dataset name, file or array layout is unknown, missing or malformed."""
 
 
+class BufferFormatReason(str, Enum):
+    """What kind of failure a :class:`BufferFormatError` reports (``exc.reason``); one per reader check."""
+
+    CONTAINER = "container"  # empty/truncated prefix, header length, not JSON, unreadable file
+    FOREIGN = "foreign"  # not an edgecond buffer (plain safetensors, another format)
+    VERSION = "version"  # an edgecond format or formation version this reader does not know
+    METADATA = "metadata"  # metadata keys or essential values (classes, labels, mean/std, factor, soft, recipe)
+    TENSORS = "tensors"  # tensor names, dtypes, shapes
+    CAPS = "caps"  # a declared size above the spec's caps
+    LAYOUT = "layout"  # data offsets, truncated data, trailing bytes
+    DIGEST = "digest"  # the digest list is malformed or a rank fails its chain entry
+    PROVENANCE = "provenance"  # provenance keys / 'prov' digest
+    DELTA = "delta"  # a delta's start/anchor, or a delta that does not fit the held buffer
+    VALUES = "values"  # stored values that decode to NaN/inf/out-of-range numbers
+    DECODE_BUDGET = "decode-budget"  # decoding would allocate more than the decode budget
+    OTHER = "other"  # raised outside the buffer reader's checks
+
+
 class BufferFormatError(EdgecondError, ValueError):
-    """A buffer file is damaged, truncated, foreign, of another version or fails its digest."""
+    """A buffer file is damaged, truncated, foreign, of another version or fails its digest.
+
+    ``reason`` (a :class:`BufferFormatReason`) says which check failed, for code that reacts
+    differently to, say, a foreign file and a damaged one.
+    """
+
+    def __init__(self, *args: object, reason: BufferFormatReason = BufferFormatReason.OTHER) -> None:
+        super().__init__(*args)
+        self.reason = BufferFormatReason(reason)
 
 
 class BudgetError(EdgecondError, ValueError):
