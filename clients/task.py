@@ -1,9 +1,9 @@
 """Model, partition, train and test helpers of the federated apps (Flower quickstart shape).
 
-``servers/server_app.py`` (central evaluation), ``clients/client_app.py`` and
-``benchmarks/federated.py`` all use these functions, so the benchmark's in-process rounds do
-exactly what a ClientApp does. Byte accounting and the buffer transfer logic live in
-:mod:`edgecond.federated`.
+``clients/client_app.py`` and ``benchmarks/federated.py`` both use these functions, so the
+benchmark's in-process rounds do exactly what a ClientApp does. The model pieces the server
+shares (data, model, weights, test accuracy) live in :mod:`edgecond.apps.flower_model`; byte
+accounting and the buffer transfer logic in :mod:`edgecond.transfer`.
 """
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecond.data import ImageDataset, load_dataset
+from edgecond.data import ImageDataset
 from edgecond.errors import FederatedError
 from edgecond.federated import FederatedConfig, PrefixCache
-from edgecond.models import build_model
 from edgecond.recipe import Recipe
 from edgecond.utils import resolve_device
+from edgecond.apps.flower_model import (build_net, central_evaluate, load_data, numpy_to_state,  # noqa: F401
+                                         state_to_numpy, test)
 
 __all__ = [
     "load_data",
@@ -41,12 +42,6 @@ __all__ = [
     "client_evaluate",
     "central_evaluate",
 ]
-
-
-@functools.lru_cache(maxsize=4)
-def load_data(name: str) -> ImageDataset:
-    """The dataset (cached per process: simulation runs many ClientApp calls in one worker)."""
-    return load_dataset(name)
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,36 +139,6 @@ def local_data(dataset: ImageDataset, cfg: FederatedConfig, partition_id: int, n
     t = torch.from_numpy
     return (dataset.x_train[t(tr)], dataset.y_train[t(tr)],
             dataset.x_train[t(val)], dataset.y_train[t(val)])
-
-
-def build_net(cfg: FederatedConfig, dataset: ImageDataset) -> nn.Module:
-    """The shared model (same seed everywhere, so every node starts from the same weights)."""
-    kwargs = {"width": cfg.model_width} if cfg.model.startswith("convnet") else {}
-    return build_model(cfg.model, dataset.image_shape, dataset.num_classes, seed=cfg.seed, **kwargs)
-
-
-def state_to_numpy(net: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-
-
-def numpy_to_state(net: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
-    state = net.state_dict()
-    missing = set(state) - set(arrays)
-    if missing:
-        raise FederatedError(
-            f"received model arrays lack {sorted(missing)[:3]}...; the server and client models "
-            "differ. Use the same model / model-width / dataset on both sides."
-        )
-    for k in state:
-        a = np.asarray(arrays[k])
-        if tuple(a.shape) != tuple(state[k].shape) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) \
-                or (np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()):
-            raise FederatedError(
-                f"received model array {k!r} is {a.dtype} {list(a.shape)}; expected finite numbers of shape "
-                f"{list(state[k].shape)}. The server and client models differ or the message is damaged."
-            )
-    net.load_state_dict({k: torch.as_tensor(np.asarray(arrays[k])).to(state[k].dtype)
-                         for k in state})
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -305,24 +270,6 @@ def train(net: nn.Module, x_local: torch.Tensor, y_local: torch.Tensor, condense
     return total / max(count, 1)
 
 
-@torch.no_grad()
-def test(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, normalize, device="cpu",
-         batch_size: int = 512) -> tuple[float, float]:
-    """``(mean loss, accuracy)`` of ``net`` on pixel-space ``x``."""
-    if len(x) == 0:
-        return 0.0, 0.0
-    device = resolve_device(device)
-    net.to(device).eval()
-    loss, correct = 0.0, 0
-    for s in range(0, len(x), batch_size):
-        xb = normalize(x[s:s + batch_size]).to(device)
-        yb = y[s:s + batch_size].to(device)
-        out = net(xb)
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    return loss / len(x), correct / len(x)
-
-
 @dataclass
 class ClientResult:
     arrays: dict
@@ -378,12 +325,3 @@ def client_evaluate(cfg: FederatedConfig, *, partition_id: int, num_partitions: 
     numpy_to_state(net, arrays)
     loss, acc = test(net, x_val, y_val, normalize=dataset.normalize, device=cfg.device)
     return max(int(len(x_val)), 1), {"eval-loss": float(loss), "eval-acc": float(acc)}
-
-
-def central_evaluate(cfg: FederatedConfig, arrays: Mapping[str, np.ndarray]) -> dict:
-    """Server-side accuracy of the global model on the dataset's test split."""
-    dataset = load_data(cfg.dataset)
-    net = build_net(cfg, dataset)
-    numpy_to_state(net, arrays)
-    loss, acc = test(net, dataset.x_test, dataset.y_test, normalize=dataset.normalize, device=cfg.device)
-    return {"test-loss": float(loss), "test-acc": float(acc)}

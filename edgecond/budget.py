@@ -7,7 +7,8 @@
   decoded float32 training set plus a documented model/batch working set (:func:`memory_for`).
 - **Traces** give each client a budget per round (or per experience):
   :class:`ConstantTrace`, :class:`LogNormalTrace` (seeded, deterministic per (client, round))
-  and :class:`CsvTrace` (``client,round,bytes`` rows). All have ``.budget(client, round) -> int``.
+  and :class:`CsvTrace` (``client,round,bytes`` rows). All have ``.budget(client, round) -> int``;
+  :func:`parse_trace` reads one from its text spec (``constant:40kB``, ``lognormal:...``, ``csv:PATH``).
 
 A budget below one rank gives ``n = 0`` with a reason; ``n`` is never negative or above the
 buffer's IPC.
@@ -37,6 +38,7 @@ __all__ = [
     "ConstantTrace",
     "LogNormalTrace",
     "CsvTrace",
+    "parse_trace",
 ]
 
 Bytes = Union[int, str]
@@ -353,3 +355,47 @@ class CsvTrace:
 
     def clients(self) -> list[str]:
         return sorted({c for c, _ in self._table})
+
+
+def parse_trace(spec: str):
+    """Parse a budget-trace spec into a trace (what Flower's ``budget-trace`` and Avalanche runs take).
+
+    ``constant:40kB`` | ``lognormal:median=40kB,sigma=0.5,seed=0`` | ``csv:PATH``. The trace
+    answers ``trace.budget(client, round) -> int`` bytes.
+    """
+    text = str(spec).strip()
+    kind, _, arg = text.partition(":")
+    kind = kind.strip().lower()
+    try:
+        if kind == "constant":
+            return ConstantTrace(int(parse_bytes(arg.strip())))
+        if kind == "lognormal":
+            params: dict[str, str] = {}
+            for part in filter(None, (p.strip() for p in arg.split(","))):
+                k, eq, v = part.partition("=")
+                if not eq:
+                    raise ValueError(part)
+                params[k.strip().lower()] = v.strip()
+            unknown = set(params) - {"median", "sigma", "seed", "floor", "ceiling"}
+            if unknown or "median" not in params:
+                raise ValueError(sorted(unknown))
+            return LogNormalTrace(
+                median=int(parse_bytes(params["median"])),
+                sigma=float(params.get("sigma", 0.5)),
+                seed=int(params.get("seed", 0)),
+                floor=int(parse_bytes(params.get("floor", "0"))),
+                ceiling=int(parse_bytes(params["ceiling"])) if "ceiling" in params else None,
+            )
+        if kind == "csv":
+            if not arg.strip():
+                raise ValueError("empty path")
+            return CsvTrace(arg.strip())
+    except BudgetError as err:
+        raise BudgetError(f"budget-trace {spec!r}: {err}") from None
+    except (TypeError, ValueError):
+        pass
+    raise BudgetError(
+        f"budget-trace {spec!r} is not understood; expected 'constant:SIZE', "
+        "'lognormal:median=SIZE,sigma=FLOAT,seed=INT[,floor=SIZE,ceiling=SIZE]' or 'csv:PATH' (SIZE like 40kB or 1.5MB). "
+        "Fix budget-trace in [tool.flwr.app.config] or the node's --node-config."
+    )

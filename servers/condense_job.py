@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from edgecond.errors import CondenseError, FederatedError
-from edgecond.federated import FederatedConfig
+from edgecond.apps.flower_config import FederatedConfig
 
 __all__ = ["resolve_buffer_path", "ensure_buffer", "progress_logger"]
 

@@ -1,6 +1,6 @@
 """Flower ServerApp: every round, ship each sampled client the prefix its bandwidth allows.
 
-Round r (see :mod:`edgecond.federated` for the logic):
+Round r (the logic: :mod:`edgecond.transfer`; the records: :mod:`edgecond.apps.flower_records`):
 
 1. the wrapped FedAvg-family strategy samples clients (``configure_train``);
 2. a ``query`` message asks each of them for its budget (bytes) and what it holds;
@@ -23,18 +23,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
-from clients import task
+from edgecond.apps.flower_model import build_net, central_evaluate, load_data
+from edgecond.apps.flower_config import FederatedConfig, config_from_run_config
+from edgecond.apps.flower_records import Shipper, reply_partition
 from edgecond.buffer import MultisizeBuffer
 from edgecond.errors import FederatedError
-from edgecond.federated import (
-    ByteLedger,
-    FederatedConfig,
-    Shipper,
-    buffer_identity,
-    config_from_run_config,
-    reply_partition,
-    short_reason,
-)
+from edgecond.transfer import ByteLedger, buffer_identity, short_reason
 from servers.condense_job import ensure_buffer
 
 log = logging.getLogger("edgecond.server")
@@ -181,12 +175,12 @@ def main(grid: Grid, context: Context) -> None:
              path, buffer.ipc, buffer.bytes_for(buffer.ipc), cfg.num_server_rounds, cfg.strategy,
              cfg.buffer_mode, cfg.budget_trace, cfg.memory_trace or "unlimited", cfg.server_fraction)
 
-    dataset = task.load_data(cfg.dataset)
-    net = task.build_net(cfg, dataset)
+    dataset = load_data(cfg.dataset)
+    net = build_net(cfg, dataset)
     initial = ArrayRecord(net.state_dict())
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        metrics = task.central_evaluate(cfg, {k: v.numpy() for k, v in arrays.items()})
+        metrics = central_evaluate(cfg, {k: v.numpy() for k, v in arrays.items()})
         ledger.record_metrics(server_round, {**metrics, "elapsed-s": time.perf_counter() - t0})
         ledger.save(out_dir / "metrics.json")
         return MetricRecord(metrics)

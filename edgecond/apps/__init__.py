@@ -10,4 +10,9 @@ module                             what                                         
 ``edgecond.apps.flower_server``    Flower ``ServerApp`` (``app``, ``ensure_buffer``)  ``edgecond[flower]``
 ``edgecond.apps.avalanche``        ``CondensedBuffer``, plugins, ``condensed_replay``  ``edgecond[avalanche]``
 =================================  ===============================================  ==================
+
+Library code of the Flower apps lives beside them: ``edgecond.apps.flower_config`` (the run
+configuration and its defaults), ``edgecond.apps.flower_records`` (budget query/reply and
+transfer records; Flower imported lazily) and ``edgecond.apps.flower_model`` (data, model and
+test accuracy shared by the ServerApp and the ClientApp; torch).
 """
