@@ -10,7 +10,7 @@ quick presets for data nobody tuned for (docs/condensation.md, *Quick presets on
 import sys, json, time, dataclasses, torch
 from edgecond.data import load_dataset
 from edgecond.condense import condense, condense_preset
-from edgecond.condense.baselines import holdout_split
+from edgecond.data import holdout_split
 from edgecond.evaluate import eval_preset, evaluate_buffer
 torch.set_num_threads(1)
 name, base = sys.argv[1], sys.argv[2]

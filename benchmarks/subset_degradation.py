@@ -12,7 +12,7 @@ merges their reports: the whole quick digits benchmark in one command on a 2-cor
 per-rank losses, every rank with the same seed; ``independent``: N runs, seeds seed..seed+N-1).
 ``--validation`` evaluates on a split carved from TRAIN (for tuning; the test split is untouched).
 ``--cost-only`` measures MDC's seconds per outer iteration against its base matcher (interleaved
-runs) and writes DIR/mdc_cost.json. The logic lives in :mod:`edgecond.condense.baselines`.
+runs) and writes DIR/mdc_cost.json. The protocol lives in ``benchmarks/subset_protocol.py``.
 """
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout: ``benchmarks.subset_protocol``
+    sys.path.insert(0, str(ROOT))
 
 
 def _split_top(text: str) -> list[str]:
@@ -192,14 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         return _run_workers(args, list(sys.argv[1:] if argv is None else argv))
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from edgecond.condense.baselines import SubsetDegradationConfig, holdout_split, measure_cost_ratio, run_subset_degradation
+    from benchmarks.subset_protocol import SubsetDegradationConfig, measure_cost_ratio, run_subset_degradation
+    from edgecond.data import holdout_split
     from edgecond.data import load_dataset
     from edgecond.errors import EdgecondError
     from edgecond.utils import set_cpu_threads
 
     set_cpu_threads(args.threads)
     if args.merge:
-        from edgecond.condense.baselines import SubsetDegradationResult, merge_results
+        from benchmarks.subset_protocol import merge_results
+        from edgecond.report import SubsetDegradationResult
 
         parts = [SubsetDegradationResult.from_dict(json.loads((Path(d) / "subset_degradation.json").read_text()))
                  for d in args.merge]

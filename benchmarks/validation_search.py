@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from edgecond.condense import condense, condense_preset
-    from edgecond.condense.baselines import holdout_split
-    from edgecond.data import load_dataset
+    from edgecond.data import holdout_split, load_dataset
     from edgecond.errors import EdgecondError
     from edgecond.evaluate import eval_preset, evaluate_buffer
     from edgecond.utils import set_cpu_threads

@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "out/demo", *, seeds: int = 3, fast: bool = False
     ``iterations`` / ``epochs`` override the condensation iterations and evaluation epochs;
     ``condense_overrides``/``eval_overrides`` go to the presets (tests)."""
     from .condense import condense, condense_preset
-    from .condense.baselines import SubsetDegradationResult
+    from .report import SubsetDegradationResult
     from .data import load_dataset
     from .evaluate import eval_preset, evaluate_buffer, evaluate_random_real
 

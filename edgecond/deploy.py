@@ -260,43 +260,83 @@ def _training_settings(config: DeployConfig, facts: dict[str, Any]) -> dict[str,
 
 def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, Any],
             training: dict[str, Any], *, progress: bool = True) -> DeployResult:
-    from .budget import MemoryModel, ipc_for_memory, memory_for
+    export, sizes = _export_artifacts(out, config, facts, progress=progress)  # 1. artifacts
+    files = dict(_ARTIFACTS, buffer=BUFFER_FILE)
+    eval_n = _write_eval_set(out, config, facts, sizes, files)  # 2. held-out set
+    bundle = _Bundle(buf, config, facts, training, export, files, eval_n, sizes)
+    n = bundle.largest_n(buffer_path)  # 3. the largest n: bytes(buffer n) + fixed files + manifest(n) <= max_bytes
+    # The device gets a lean slice: method config, accuracy table and MLS history stay with the
+    # server's master buffer (rank digests are the same; see docs/buffer-format.md).
+    buf.slice_to(out / BUFFER_FILE, n, provenance=False)
+    total, text = bundle.settled(n, (out / BUFFER_FILE).stat().st_size)
+    (out / MANIFEST_FILE).write_bytes(text)
+    measured = {p.name: p.stat().st_size for p in out.iterdir()}
+    real_total = sum(measured.values())
+    if real_total > config.max_bytes or real_total != total:
+        raise ExportError(
+            f"bundle {out} measures {real_total} B (manifest says {total}, budget {config.max_bytes}); expected "
+            "them equal and within the budget. This is a bug in edgecond.deploy, please report it."
+        )
+    manifest = json.loads(text)
+    return DeployResult(directory=out, ipc=n, total_bytes=real_total, max_bytes=config.max_bytes,
+                        files=measured, memory_estimate_bytes=bundle.memory(n), reason=bundle.limited_by(n),
+                        manifest=manifest)
+
+
+def _export_artifacts(out: Path, config: DeployConfig, facts: dict[str, Any], *,
+                      progress: bool) -> tuple[Any, dict[str, int]]:
+    """The four ORT training files, exported next door and moved into ``out``; their sizes."""
     from .export import ExportConfig, export_model
 
-    shape = facts["image_shape"]
-
-    # 1. artifacts (exported next door; only the four training files enter the bundle)
     with tempfile.TemporaryDirectory(prefix=".artifacts-", dir=out) as tmp:
         export = export_model(
-            config.model, shape, facts["num_classes"], tmp, model_kwargs=config.model_kwargs, seed=config.seed,
+            config.model, facts["image_shape"], facts["num_classes"], tmp, model_kwargs=config.model_kwargs,
+            seed=config.seed,
             config=ExportConfig(batch_size=config.batch_size, optimizer=config.optimizer,
                                 weight_decay=config.weight_decay, check=config.check, inference=False),
             progress=progress,
         )
         for name in _ARTIFACTS.values():
             shutil.move(str(Path(tmp) / name), str(out / name))
-    sizes = {name: (out / name).stat().st_size for name in _ARTIFACTS.values()}
+    return export, {name: (out / name).stat().st_size for name in _ARTIFACTS.values()}
 
-    # 2. held-out set
-    files = dict(_ARTIFACTS, buffer=BUFFER_FILE)
-    eval_n = 0
-    if config.eval_samples:
-        ex, ey = _eval_subset(config.eval_dataset or facts["dataset"], config.dataset_root,
-                              config.eval_samples, config.seed, shape, facts["labels"])
-        _save_eval(out / EVAL_FILE, ex, ey, facts["dataset"])
-        sizes[EVAL_FILE] = (out / EVAL_FILE).stat().st_size
-        files["eval"] = EVAL_FILE
-        eval_n = int(len(ey))
 
-    memory_model = MemoryModel(num_params=export.num_parameters, batch_size=config.batch_size)
+def _write_eval_set(out: Path, config: DeployConfig, facts: dict[str, Any], sizes: dict[str, int],
+                    files: dict[str, str]) -> int:
+    """The held-out set (``config.eval_samples`` images, 0 = none); records its size and file."""
+    if not config.eval_samples:
+        return 0
+    ex, ey = _eval_subset(config.eval_dataset or facts["dataset"], config.dataset_root,
+                          config.eval_samples, config.seed, facts["image_shape"], facts["labels"])
+    _save_eval(out / EVAL_FILE, ex, ey, facts["dataset"])
+    sizes[EVAL_FILE] = (out / EVAL_FILE).stat().st_size
+    files["eval"] = EVAL_FILE
+    return int(len(ey))
 
-    def memory(n: int) -> int:
-        return memory_for(buf, n, model=memory_model)
 
-    def limited_by(n: int) -> str:
-        return "buffer size (all of it fits)" if n == buf.ipc and reason == "byte budget" else reason
+class _Bundle:
+    """One bundle being sized: its fixed files, the manifest of ``n`` ranks, the budgets."""
 
-    def manifest_for(n: int, buffer_bytes: int, total: int) -> dict[str, Any]:
+    def __init__(self, buf, config: DeployConfig, facts: dict[str, Any], training: dict[str, Any], export,
+                 files: dict[str, str], eval_n: int, sizes: dict[str, int]) -> None:
+        from .budget import MemoryModel
+
+        self.buf, self.config, self.facts, self.training, self.export = buf, config, facts, training, export
+        self.files, self.eval_n, self.sizes = files, eval_n, sizes
+        self.fixed = sum(sizes.values())
+        self.memory_model = MemoryModel(num_params=export.num_parameters, batch_size=config.batch_size)
+        self.reason = "byte budget"
+
+    def memory(self, n: int) -> int:
+        from .budget import memory_for
+
+        return memory_for(self.buf, n, model=self.memory_model)
+
+    def limited_by(self, n: int) -> str:
+        return "buffer size (all of it fits)" if n == self.buf.ipc and self.reason == "byte budget" else self.reason
+
+    def manifest_for(self, n: int, buffer_bytes: int, total: int) -> dict[str, Any]:
+        facts, config, export = self.facts, self.config, self.export
         return {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -305,7 +345,7 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
             "class_names": facts["class_names"],
             "labels": facts["labels"],
             "num_classes": facts["num_classes"],
-            "image_shape": list(shape),
+            "image_shape": list(facts["image_shape"]),
             "mean": facts["mean"],
             "std": facts["std"],
             "factor": facts["factor"],
@@ -318,66 +358,52 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
             "input_name": "input",
             "label_name": "labels",
             "logits_name": "logits",
-            "training": training,
-            "eval_samples": eval_n,
-            "files": files,
-            "bytes": {**sizes, BUFFER_FILE: buffer_bytes, "total": total},
+            "training": self.training,
+            "eval_samples": self.eval_n,
+            "files": self.files,
+            "bytes": {**self.sizes, BUFFER_FILE: buffer_bytes, "total": total},
             "budget": {"max_bytes": config.max_bytes, "memory_bytes": config.memory_bytes,
-                       "memory_estimate_bytes": memory(n), "limited_by": limited_by(n)},
+                       "memory_estimate_bytes": self.memory(n), "limited_by": self.limited_by(n)},
         }
 
-    # 3. the largest n: bytes(buffer n) + fixed files + manifest(n) <= max_bytes
-    fixed = sum(sizes.values())
-    n = buf.largest_fitting(max(config.max_bytes - fixed, 0), provenance=False)  # lean slice
-    reason = "byte budget"
-    if config.memory_bytes is not None:
-        decision = ipc_for_memory(buf, config.memory_bytes, model=memory_model)
-        if decision.n < n:
-            n, reason = decision.n, "memory budget"
-    while n > 0:
-        b = buf.bytes_for(n, provenance=False)
-        total = fixed + b
-        text = _json_bytes(manifest_for(n, b, total))
-        # the manifest states the total including itself: settle the number of digits
+    def settled(self, n: int, buffer_bytes: int) -> tuple[int, bytes]:
+        """``(total bytes, manifest JSON)``: the manifest states the total including itself, so
+        the number of digits is settled by re-encoding."""
+        total = self.fixed + buffer_bytes
+        text = _json_bytes(self.manifest_for(n, buffer_bytes, total))
         for _ in range(3):
-            total = fixed + b + len(text)
-            text = _json_bytes(manifest_for(n, b, total))
-        if fixed + b + len(text) <= config.max_bytes:
-            break
-        n -= 1
-    if n < 1:
-        one = buf.bytes_for(1, provenance=False)
-        what = (f"the memory budget {config.memory_bytes} B (a 1-IPC slice needs ~{memory(1)} B)"
-                if reason == "memory budget" else
-                f"the byte budget {config.max_bytes} B: the artifacts and eval set take {fixed} B and a 1-IPC "
-                f"slice {one} B more")
-        raise BudgetError(
-            f"no slice of {buffer_path} fits {what}. Expected a budget of at least ~{fixed + one + 4096} B; fix: "
-            "raise --max-bytes/--memory, use a smaller model (--model mlp, or --model-kwargs "
-            "'{\"width\": 16}'), or drop --eval-samples."
-        )
+            total = self.fixed + buffer_bytes + len(text)
+            text = _json_bytes(self.manifest_for(n, buffer_bytes, total))
+        return total, text
 
-    # The device gets a lean slice: method config, accuracy table and MLS history stay with the
-    # server's master buffer (rank digests are the same; see docs/buffer-format.md).
-    buf.slice_to(out / BUFFER_FILE, n, provenance=False)
-    b = (out / BUFFER_FILE).stat().st_size
-    total = fixed + b
-    text = _json_bytes(manifest_for(n, b, total))
-    for _ in range(3):
-        total = fixed + b + len(text)
-        text = _json_bytes(manifest_for(n, b, total))
-    (out / MANIFEST_FILE).write_bytes(text)
-    measured = {p.name: p.stat().st_size for p in out.iterdir()}
-    real_total = sum(measured.values())
-    if real_total > config.max_bytes or real_total != total:
-        raise ExportError(
-            f"bundle {out} measures {real_total} B (manifest says {total}, budget {config.max_bytes}); expected "
-            "them equal and within the budget. This is a bug in edgecond.deploy, please report it."
-        )
-    manifest = json.loads(text)
-    return DeployResult(directory=out, ipc=n, total_bytes=real_total, max_bytes=config.max_bytes,
-                        files=measured, memory_estimate_bytes=memory(n), reason=limited_by(n),
-                        manifest=manifest)
+    def largest_n(self, buffer_path) -> int:
+        """The largest ``n`` whose bundle fits the byte budget (and the memory budget); raises
+        :class:`BudgetError` when not even one rank fits."""
+        from .budget import ipc_for_memory
+
+        buf, config, fixed = self.buf, self.config, self.fixed
+        n = buf.largest_fitting(max(config.max_bytes - fixed, 0), provenance=False)  # lean slice
+        if config.memory_bytes is not None:
+            decision = ipc_for_memory(buf, config.memory_bytes, model=self.memory_model)
+            if decision.n < n:
+                n, self.reason = decision.n, "memory budget"
+        while n > 0:
+            b = buf.bytes_for(n, provenance=False)
+            if fixed + b + len(self.settled(n, b)[1]) <= config.max_bytes:
+                break
+            n -= 1
+        if n < 1:
+            one = buf.bytes_for(1, provenance=False)
+            what = (f"the memory budget {config.memory_bytes} B (a 1-IPC slice needs ~{self.memory(1)} B)"
+                    if self.reason == "memory budget" else
+                    f"the byte budget {config.max_bytes} B: the artifacts and eval set take {fixed} B and a 1-IPC "
+                    f"slice {one} B more")
+            raise BudgetError(
+                f"no slice of {buffer_path} fits {what}. Expected a budget of at least ~{fixed + one + 4096} B; "
+                "fix: raise --max-bytes/--memory, use a smaller model (--model mlp, or --model-kwargs "
+                "'{\"width\": 16}'), or drop --eval-samples."
+            )
+        return n
 
 
 def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:

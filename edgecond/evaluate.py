@@ -231,17 +231,9 @@ def test_accuracy(model: nn.Module, dataset: ImageDataset, *, device: str | torc
     return correct / max(len(dataset.y_test), 1)
 
 
-def train_and_test(
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    dataset: ImageDataset,
-    config: EvalConfig,
-    *,
-    seed: int,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    soft_targets: torch.Tensor | None = None,
-) -> float:
+def train_and_test(x_train: torch.Tensor, y_train: torch.Tensor, dataset: ImageDataset, config: EvalConfig, *,
+                   seed: int, device: str | torch.device = "cpu", progress: bool = False,
+                   soft_targets: torch.Tensor | None = None) -> float:
     """Train from scratch on ``(x_train, y_train)`` and return test accuracy in [0, 1].
 
     ``soft_targets`` (optional ``[M, num_classes]`` probabilities) switches to soft cross-entropy.
@@ -369,15 +361,8 @@ def evaluate_buffer(
     return out
 
 
-def evaluate_random_real(
-    dataset: ImageDataset,
-    config: EvalConfig,
-    *,
-    sizes: Sequence[int],
-    seeds: Sequence[int],
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> list[SizeResult]:
+def evaluate_random_real(dataset: ImageDataset, config: EvalConfig, *, sizes: Sequence[int], seeds: Sequence[int],
+                         device: str | torch.device = "cpu", progress: bool = True) -> list[SizeResult]:
     """The random-real baseline beside a buffer: for every size ``n`` and seed ``s``, ``n`` random
     real training images per class (drawn with seed ``s``: :meth:`ImageDataset.subset_per_class`),
     trained from scratch with seed ``s``. ``bytes`` is their raw uint8 pixel size."""

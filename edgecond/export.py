@@ -47,6 +47,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ExportError
+from .onnx_compat import PrimitiveGroupNorm, make_exportable  # noqa: F401  (re-exported)
+from .progress import progress_bar
 
 __all__ = [
     "ExportConfig",
@@ -169,86 +171,6 @@ class ExportResult:
         d["directory"] = str(self.directory)
         d["artifact_bytes"] = self.artifact_bytes
         return d
-
-
-# --------------------------------------------------------------------------------------------
-# the export-time copy of a model
-# --------------------------------------------------------------------------------------------
-
-
-class PrimitiveGroupNorm(nn.Module):
-    """:class:`torch.nn.GroupNorm` written with primitive ops (mean, subtract, multiply, sqrt,
-    divide) so that ONNX Runtime training can differentiate the exported graph.
-
-    Same parameters (``weight``, ``bias`` of shape [C]) and the same biased variance and ``eps``
-    as ``GroupNorm``; instance norm (``num_groups == C``) reduces over H, W directly.
-    """
-
-    def __init__(self, norm: nn.GroupNorm) -> None:
-        super().__init__()
-        self.num_groups = int(norm.num_groups)
-        self.num_channels = int(norm.num_channels)
-        self.eps = float(norm.eps)
-        self.affine = bool(norm.affine)
-        if self.affine:
-            self.weight = nn.Parameter(norm.weight.detach().clone())
-            self.bias = nn.Parameter(norm.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        if self.num_groups == self.num_channels:
-            dims = tuple(range(2, x.dim()))
-            mean = x.mean(dim=dims, keepdim=True)
-            centred = x - mean
-            var = (centred * centred).mean(dim=dims, keepdim=True)
-            y = centred / torch.sqrt(var + self.eps)
-        else:
-            g = x.reshape(shape[0], self.num_groups, -1)
-            mean = g.mean(dim=2, keepdim=True)
-            centred = g - mean
-            var = (centred * centred).mean(dim=2, keepdim=True)
-            y = (centred / torch.sqrt(var + self.eps)).reshape(shape)
-        if self.affine:
-            view = (1, self.num_channels) + (1,) * (x.dim() - 2)
-            y = y * self.weight.reshape(view) + self.bias.reshape(view)
-        return y
-
-
-_UNSUPPORTED = (
-    (nn.modules.batchnorm._BatchNorm, "batch norm", "use norm='instance' (GroupNorm(C, C)) or 'none', e.g. --model convnet"),
-    (nn.modules.dropout._DropoutNd, "dropout", "remove dropout from the exported model"),
-    (nn.Dropout, "dropout", "remove dropout from the exported model"),
-)
-
-
-def make_exportable(model: nn.Module, *, name: str = "model") -> nn.Module:
-    """A deep copy of ``model`` in eval mode with every GroupNorm swapped for
-    :class:`PrimitiveGroupNorm` (parameter names unchanged). ``model`` itself is not touched.
-
-    Raises :class:`ExportError` for layers whose training-mode behaviour an ORT training graph
-    exported this way would not reproduce (batch norm, dropout).
-    """
-    for mod_name, mod in model.named_modules():
-        for kind, what, fix in _UNSUPPORTED:
-            if isinstance(mod, kind) and not (what == "dropout" and getattr(mod, "p", 0) == 0):
-                raise ExportError(
-                    f"{name}: layer {mod_name or '(root)'} is {type(mod).__name__} ({what}); "
-                    f"ONNX Runtime training artifacts exported from an eval-mode graph would not "
-                    f"reproduce its training behaviour. Expected a model without {what}; fix: {fix}."
-                )
-    clone = copy.deepcopy(model).cpu().float().eval()
-
-    def swap(parent: nn.Module) -> None:
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.GroupNorm):
-                setattr(parent, child_name, PrimitiveGroupNorm(child))
-            else:
-                swap(child)
-
-    if isinstance(clone, nn.GroupNorm):
-        return PrimitiveGroupNorm(clone)
-    swap(clone)
-    return clone
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,19 +506,10 @@ def export_training_artifacts(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    net = make_exportable(model, name=(model_info or {}).get("name", type(model).__name__))
-    with torch.no_grad():
-        probe = net(torch.zeros((1, *shape)))
-    if probe.dim() != 2 or probe.shape[1] != int(num_classes):
-        raise ExportError(
-            f"the model maps {tuple(shape)} images to outputs of shape {tuple(probe.shape)}; expected "
-            f"[B, {num_classes}] logits. Fix: build the model with num_classes={num_classes}."
-        )
+    net = _exportable_logits_model(model, shape, int(num_classes), model_info)
     param_names = [n for n, _ in net.named_parameters()]
     check = ExportCheck()
     files: dict[str, str] = dict(ARTIFACT_FILES)
-    from .progress import progress_bar
-
     steps = 2 + bool(config.inference) + int(config.check) * (2 + bool(config.inference))
     bar = progress_bar(total=steps, desc=f"export {(model_info or {}).get('name', type(model).__name__)}",
                        unit="step", disable=not progress)
@@ -652,11 +565,30 @@ def export_training_artifacts(
         seconds=time.perf_counter() - t0,
         model=dict(model_info or {"class": type(model).__name__}),
     )
+    _write_export_info(out, result)
+    return result
+
+
+def _exportable_logits_model(model: nn.Module, shape: tuple[int, int, int], num_classes: int,
+                             model_info: dict[str, Any] | None) -> nn.Module:
+    """The export-time copy of ``model`` (:func:`make_exportable`), checked to output ``[B, K]`` logits."""
+    net = make_exportable(model, name=(model_info or {}).get("name", type(model).__name__))
+    with torch.no_grad():
+        probe = net(torch.zeros((1, *shape)))
+    if probe.dim() != 2 or probe.shape[1] != int(num_classes):
+        raise ExportError(
+            f"the model maps {tuple(shape)} images to outputs of shape {tuple(probe.shape)}; expected "
+            f"[B, {num_classes}] logits. Fix: build the model with num_classes={num_classes}."
+        )
+    return net
+
+
+def _write_export_info(out: Path, result: ExportResult) -> None:
+    """``export.json``: the result plus the format, the graph's tensor names and the tool versions."""
     info = result.to_dict()
     info.update(format="edgecond-export", version=1, input_name=INPUT_NAME, label_name=LABEL_NAME,
                 logits_name=LOGITS_NAME, versions=_versions())
     (out / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return result
 
 
 def _dynamic_eval_model(dyn_path: Path, out: Path, scratch: Path, param_names: list[str],

@@ -12,41 +12,12 @@ New code imports from those modules; this one keeps ``from edgecond.federated im
 """
 from __future__ import annotations
 
-from .apps.flower_config import (BUFFER_MODES, RUN_CONFIG_DEFAULTS, FederatedConfig, config_from_run_config,
-                                 parse_faults)
-from .apps.flower_records import (CACHE_META_RECORD, CACHE_RECORD, MAX_REPLY_RECORD_BYTES, PAYLOAD_RECORD,
-                                  QUERY_RECORD, TRANSFER_RECORD, Shipper, make_budget_reply, read_transfer,
-                                  reply_partition, transfer_records, validate_budget_reply)
+from .apps import flower_config as _config
+from .apps import flower_records as _records
+from . import transfer as _transfer
+from .apps.flower_config import *  # noqa: F401,F403
+from .apps.flower_records import *  # noqa: F401,F403
 from .budget import parse_trace
-from .transfer import (BudgetReply, ByteLedger, PrefixCache, TransferPlan, build_payload, buffer_identity,
-                       plan_transfer, short_reason, validate_transfer)
+from .transfer import *  # noqa: F401,F403
 
-__all__ = [
-    "FederatedConfig",
-    "RUN_CONFIG_DEFAULTS",
-    "BUFFER_MODES",
-    "config_from_run_config",
-    "parse_trace",
-    "buffer_identity",
-    "BudgetReply",
-    "make_budget_reply",
-    "reply_partition",
-    "validate_budget_reply",
-    "TransferPlan",
-    "plan_transfer",
-    "build_payload",
-    "validate_transfer",
-    "PrefixCache",
-    "ByteLedger",
-    "short_reason",
-    "Shipper",
-    "transfer_records",
-    "read_transfer",
-    "parse_faults",
-    "QUERY_RECORD",
-    "TRANSFER_RECORD",
-    "PAYLOAD_RECORD",
-    "CACHE_RECORD",
-    "CACHE_META_RECORD",
-    "MAX_REPLY_RECORD_BYTES",
-]
+__all__ = [*_config.__all__, *_records.__all__, "parse_trace", *_transfer.__all__]

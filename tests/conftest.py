@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # benchmark protocols (benchmarks/subset_protocol.py) import as benchmarks.*
+    sys.path.insert(0, ROOT)
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")

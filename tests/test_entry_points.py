@@ -138,7 +138,7 @@ def test_continual_benchmark_builds_mdc_buffers(tiny_npz, tmp_path):
 
 
 def test_subset_benchmark_mdc_arm_runs_mdc(tiny_npz):
-    from edgecond.condense.baselines import SubsetDegradationConfig, mdc_condense
+    from benchmarks.subset_protocol import SubsetDegradationConfig, mdc_condense
     from edgecond.data import load_dataset
 
     ds = load_dataset(tiny_npz)

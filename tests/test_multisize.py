@@ -258,7 +258,7 @@ def test_frozen_ranks_bitwise_unchanged_in_the_engine(tiny_ds):
 def test_baseline_b_and_c_assembly(tiny_ds):
     import numpy as np
 
-    from edgecond.condense.baselines import SubsetDegradationConfig, baseline_b, baseline_c, concat_size_one
+    from benchmarks.subset_protocol import SubsetDegradationConfig, baseline_b, baseline_c, concat_size_one
 
     cfg = SubsetDegradationConfig(dataset="tiny", ipc=3, condense_overrides=dict(TINY, iterations=1),
                                   b_mode="independent")
@@ -295,7 +295,7 @@ def test_baseline_b_and_c_assembly(tiny_ds):
 def test_report_json_markdown_plot_and_merge(tmp_path):
     import json
 
-    from edgecond.condense.baselines import SubsetDegradationResult, merge_results
+    from benchmarks.subset_protocol import SubsetDegradationResult, merge_results
 
     def method(acc, runs):
         return {"sizes": [1, 2], "mean": acc, "std": [0.01, 0.02], "accuracies": [[a] for a in acc],
@@ -323,7 +323,7 @@ def test_report_json_markdown_plot_and_merge(tmp_path):
 
 
 def test_holdout_split_carves_validation_from_train(tiny_ds):
-    from edgecond.condense.baselines import holdout_split
+    from edgecond.data import holdout_split
 
     val = holdout_split(tiny_ds, per_class=2, seed=0)
     assert len(val.y_test) == 6 and len(val.y_train) == len(tiny_ds.y_train) - 6

@@ -60,7 +60,7 @@ def test_demo_writes_a_random_real_line_and_a_short_log(tmp_path):
     png = (out / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # the plot has two lines: drawing MDC alone gives a different picture
-    from edgecond.condense.baselines import SubsetDegradationResult
+    from edgecond.report import SubsetDegradationResult
 
     alone = SubsetDegradationResult.from_dict(report)
     del alone.methods["random"]

@@ -361,7 +361,7 @@ def test_cli_condense_sdc_lists_and_evaluates(tmp_path):
 
 
 def test_subset_degradation_benchmark_runs_sdc_lfs(tmp_path):
-    from edgecond.condense.baselines import SubsetDegradationConfig, run_subset_degradation, sdc_config
+    from benchmarks.subset_protocol import SubsetDegradationConfig, run_subset_degradation, sdc_config
 
     ds = tiny_dataset()
     tiny = dict(iterations=2, factor=1, batch_real=8, model_kwargs={"width": 8}, inner_steps=2, net_samples=16,

@@ -22,7 +22,8 @@ The engine loop (pseudo code)::
         matcher.begin_outer(t); hooks.begin_outer(t)
         for i in range(matcher.inner_steps):
             for group in matcher.class_groups(num_classes):
-                outs = matcher.match(syn, group, prefixes=hooks.prefixes(group))
+                outs = hooks.match(matcher, syn, group)  # default: matcher.match(syn, group,
+                                                       #   prefixes=hooks.prefixes(group))
                 loss = hooks.combine(outs)             # default: sum of out.losses[None]
                 opt.zero_grad(); loss.backward()
                 hooks.mask_grad(syn.images.grad)       # default: nothing frozen
@@ -35,7 +36,7 @@ The engine loop (pseudo code)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -43,6 +44,7 @@ from ..formation import decode_torch
 
 __all__ = [
     "SyntheticSet",
+    "SyntheticView",
     "MatchOutput",
     "Method",
     "Selector",
@@ -51,7 +53,38 @@ __all__ = [
 ]
 
 
-class SyntheticSet(torch.nn.Module):
+class _RankMajorImages:
+    """What matchers read from synthetic images: ``images [K, N, C, H, W]`` and ``factor``."""
+
+    images: torch.Tensor
+    factor: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def ipc(self) -> int:
+        return self.images.shape[1]
+
+    def decoded(self, c: int, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded images of class ``c``'s first ``n`` stored ranks and the rank each came from."""
+        n = self.ipc if n is None else n
+        x = decode_torch(self.images[c, :n], self.factor)
+        owner = torch.arange(n, device=x.device).repeat_interleave(self.factor**2)
+        return x, owner
+
+
+class SyntheticView(_RankMajorImages):
+    """Stored ranks ``a..b-1`` of a :class:`SyntheticSet` (gradients flow to the set's images)."""
+
+    def __init__(self, syn: "SyntheticSet", a: int, b: int) -> None:
+        self.images = syn.images[:, a:b]
+        self.factor = syn.factor
+        self.lower, self.upper, self.mean, self.std = syn.lower, syn.upper, syn.mean, syn.std
+
+
+class SyntheticSet(_RankMajorImages, torch.nn.Module):
     """The optimised parameter: stored synthetic images, class-major, in *normalised* space.
 
     ``images`` has shape ``[K, N, C, H, W]`` (K classes, N stored images per class). Each stored
@@ -72,20 +105,9 @@ class SyntheticSet(torch.nn.Module):
         self.register_buffer("mean", m)
         self.register_buffer("std", s)
 
-    @property
-    def num_classes(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def ipc(self) -> int:
-        return self.images.shape[1]
-
-    def decoded(self, c: int, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoded images of class ``c``'s first ``n`` stored ranks and the rank each came from."""
-        n = self.ipc if n is None else n
-        x = decode_torch(self.images[c, :n], self.factor)
-        owner = torch.arange(n, device=x.device).repeat_interleave(self.factor**2)
-        return x, owner
+    def ranks(self, a: int, b: int) -> SyntheticView:
+        """Stored ranks ``a..b-1`` as a view a matcher can match on its own."""
+        return SyntheticView(self, a, b)
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -120,12 +142,35 @@ class Method:
 
     ``Config`` is the dataclass of the method's own hyper-parameters; ``presets`` maps a preset
     name (``quick``, ``paper``) to a callable ``(dataset_name) -> dict`` of overrides.
+
+    The engine builds every method the same way: ``cls(data, config, method_config, device=...,
+    generator=...)``. Optional capabilities are class attributes declared here with their
+    defaults (the engine reads them, never probes for them):
+
+    * ``supports_independent_ranks``: ``CondenseConfig.independent_ranks`` may be used (every
+      stored rank its own size-1 condensation; the engine asks for it through
+      :class:`edgecond.condense.independent.IndependentRanks` hooks, the matcher does nothing);
+    * ``synthetic_set``: a callable ``(pixels, config, method_config, dataset) -> SyntheticSet``
+      when the method optimises its own parameterisation (SDC), else None.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
     Config: ClassVar[type] = object
     presets: ClassVar[dict[str, Any]] = {}
+    supports_independent_ranks: ClassVar[bool] = False
+    synthetic_set: ClassVar[Callable[..., Any] | None] = None
+
+    def __init__(self, data: Any, config: Any, method_config: Any = None, *,
+                 device: torch.device | None = None, generator: torch.Generator | None = None) -> None:
+        """``data``: the training data (``RealData`` on ``device`` for matchers, the ``ImageDataset``
+        for selectors); ``config``: the ``CondenseConfig``; ``method_config``: an instance of
+        ``Config``; ``generator``: the CPU generator every random draw uses (matchers)."""
+        self.data = data
+        self.config = config
+        self.mc = method_config
+        self.device = device
+        self.gen = generator
 
 
 class Selector(Method):
@@ -138,10 +183,15 @@ class Selector(Method):
 
 
 class Matcher(Method):
-    """Optimises a :class:`SyntheticSet` against real data (see the module docstring)."""
+    """Optimises a :class:`SyntheticSet` against real data (see the module docstring).
+
+    ``match`` may be given a :class:`SyntheticView` (a range of ranks) instead of the whole set;
+    ``self.gen`` is the generator of every random draw (hooks may replay it).
+    """
 
     kind: ClassVar[str] = "matcher"
     inner_steps: int = 1
+    gen: torch.Generator
 
     def class_groups(self, num_classes: int) -> list[list[int]]:
         """How classes are grouped per image update: one class at a time by default."""
@@ -178,6 +228,11 @@ class EngineHooks:
 
     def prefixes(self, classes: Sequence[int]) -> tuple[int | None, ...]:
         return (None,)
+
+    def match(self, matcher: Matcher, syn: SyntheticSet, classes: Sequence[int]) -> list[MatchOutput]:
+        """What the engine asks the matcher for one group: by default the losses of
+        :meth:`prefixes`. Hooks that need another request (e.g. per-rank independence) override it."""
+        return matcher.match(syn, classes, prefixes=self.prefixes(classes))
 
     def combine(self, outputs: Sequence[MatchOutput]) -> torch.Tensor:
         return torch.stack([o.losses[None] for o in outputs]).sum()

@@ -59,7 +59,7 @@ DTYPES = ("uint8", "float16", "float32")
 LR_IMG_SPACES = ("normalized", "pixel")
 #: modules of this package that are infrastructure, not methods (every other module is imported
 #: by :func:`_ensure_methods`, and registers its methods with :func:`register_method` on import)
-_NOT_METHOD_MODULES = frozenset({"base", "engine", "checkpoint", "presets", "multisize", "baselines"})
+_NOT_METHOD_MODULES = frozenset({"base", "engine", "checkpoint", "presets", "multisize", "independent"})
 
 
 def register_method(name: str):
@@ -205,7 +205,7 @@ def _validate(config: CondenseConfig, dataset, cls: type[Method]) -> None:
         raise ConfigError(f"init={config.init!r}; expected 'real' or 'noise'.")
     if config.batch_real < 1:
         raise ConfigError(f"batch_real={config.batch_real}; expected an integer >= 1.")
-    if config.independent_ranks and (cls.kind != "matcher" or not getattr(cls, "supports_independent_ranks", False)):
+    if config.independent_ranks and (cls.kind != "matcher" or not cls.supports_independent_ranks):
         raise ConfigError(
             f"independent_ranks=True is not supported by method {cls.name!r}; expected a matcher that "
             "computes per-rank losses (idc, idm, dm), or independent_ranks=False."
@@ -335,6 +335,10 @@ def build_hooks(config: CondenseConfig, num_classes: int) -> EngineHooks:
     """The hooks named by ``config.hooks``: ``none`` (plain) or ``mdc`` (from
     :mod:`edgecond.condense.multisize`, configured by ``config.hooks_config``)."""
     name = (config.hooks or "none").strip().lower()
+    if config.independent_ranks:  # an engine request: each stored rank matched alone (Baseline B)
+        from .independent import IndependentRanks
+
+        return IndependentRanks()
     try:
         from .multisize import build_hooks as _build
     except ImportError:  # pragma: no cover - the multisize module ships with edgecond
@@ -502,7 +506,7 @@ def condense(
     t_start = time.perf_counter()
 
     if cls.kind == "selector":
-        selector = cls(mcfg, config)
+        selector = cls(dataset, config, mcfg, device=dev)
         images = selector.select(dataset, config.ipc, seed=config.seed, device=dev, progress=progress)
         images = images.detach().cpu().float()
         seconds = time.perf_counter() - t_start
@@ -528,7 +532,7 @@ def condense(
                                 offset=config.init_offset, init=config.init)
     real = RealData(dataset, dev)
     gen = make_generator(int(config.seed) + 1_000_003)  # CPU: indices, aug draws, model seeds
-    make_syn = getattr(cls, "synthetic_set", None)  # a method's own parameterisation (sdc)
+    make_syn = cls.synthetic_set  # a method's own parameterisation (sdc), declared in base.Method
     syn = (make_syn(pixels.to(dev), config, mcfg, dataset) if make_syn is not None else
            SyntheticSet(dataset.normalize(pixels).to(dev), factor=config.factor, mean=dataset.mean, std=dataset.std))
     matcher: Matcher = cls(real, config, mcfg, device=dev, generator=gen)
@@ -597,7 +601,7 @@ def condense(
             stats: dict[str, float] = {}
             for i in range(matcher.inner_steps):
                 for group in matcher.class_groups(k):
-                    outs = matcher.match(syn, group, prefixes=hooks.prefixes(group))
+                    outs = hooks.match(matcher, syn, group)
                     loss = hooks.combine(outs)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

@@ -187,11 +187,8 @@ class IDC(Matcher):
 
     def __init__(self, real, config, method_config: IDCConfig, *, device: torch.device,
                  generator: torch.Generator) -> None:
+        super().__init__(real, config, method_config, device=device, generator=generator)
         self.real = real
-        self.config = config
-        self.mc = method_config
-        self.device = device
-        self.gen = generator
         if self.mc.metric not in ("mse", "l1"):
             raise ConfigError(f"IDC metric={self.mc.metric!r}; expected 'mse' or 'l1'.")
         if (self.mc.inner_steps < 1 or self.mc.net_batch < 1 or self.mc.net_samples < 0
@@ -242,13 +239,10 @@ class IDC(Matcher):
 
     def _cuts(self, owner: torch.Tensor, prefixes: Sequence[int | None], ipc: int) -> list[int]:
         """Row boundaries ``[0, k_1, ..., R]`` of the forward blocks: one block when only the full
-        set is asked for, or when the model normalises over the batch (batch norm couples rows);
-        with ``independent_ranks`` one block per stored rank."""
+        set is asked for, or when the model normalises over the batch (batch norm couples rows)."""
         rows = len(owner)
         if self._batch_coupled:
             return [0, rows]
-        if self.config.independent_ranks:
-            return list(range(0, rows + 1, rows // ipc))
         ks = {int((owner < int(p)).sum()) for p in prefixes if p is not None and int(p) < ipc}
         return [0, *sorted(k for k in ks if 0 < k < rows), rows]
 
@@ -260,10 +254,9 @@ class IDC(Matcher):
             if p is not None and not 1 <= int(p) <= syn.ipc:
                 raise ConfigError(f"prefix {p!r} requested from IDC; expected None or 1..{syn.ipc}.")
         f2 = syn.factor ** 2
-        independent = bool(self.config.independent_ranks)
         for c in classes:
             xr = self.real.sample_class(c, self.config.batch_real, self.gen)
-            sub = None if independent else self._ranks(syn.ipc, prefixes)
+            sub = self._ranks(syn.ipc, prefixes)
             full_rows = None
             if sub is None:
                 xs, owner = syn.decoded(c)
@@ -286,18 +279,6 @@ class IDC(Matcher):
             fs = torch.cat(f_parts) if len(f_parts) > 1 else f_parts[0]
             label = torch.full((len(xs),), c, dtype=torch.long, device=xs.device)
             ce_parts = [F.cross_entropy(model.classifier(f), label[: len(f)], reduction="none") for f in f_parts]
-            if independent:
-                # a rank's gradient must traverse its own block only: indexing one concatenated
-                # tensor would drag every block through each of the N (double) backward passes
-                per_rank = (ce_parts if len(ce_parts) == syn.ipc
-                            else [ce_parts[0][owner == r] for r in range(syn.ipc)])
-                total = xs.sum() * 0.0
-                for ce_r in per_rank:
-                    g_syn = torch.autograd.grad(ce_r.mean(), self.weights, create_graph=True)
-                    total = total + sum(self._dist(gs, gr) for gs, gr in zip(g_syn, g_real))
-                outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs.detach(),
-                                        syn_owner=owner, real_features=fr.detach()))
-                continue
             losses: dict[int | None, torch.Tensor] = {}
             cache: dict[int, torch.Tensor] = {}
             for p in prefixes:

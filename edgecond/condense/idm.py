@@ -304,11 +304,8 @@ class IDM(Matcher):
 
     def __init__(self, real, config, method_config: IDMConfig, *, device: torch.device,
                  generator: torch.Generator) -> None:
+        super().__init__(real, config, method_config, device=device, generator=generator)
         self.real = real
-        self.config = config
-        self.mc = method_config
-        self.device = device
-        self.gen = generator
         mc = self.mc
         if mc.queue and (mc.queue_init < 1 or mc.queue_max < 1 or mc.push_interval < 1 or mc.train_interval < 1):
             raise ConfigError(
@@ -386,11 +383,6 @@ class IDM(Matcher):
                 ce = F.cross_entropy(lg_c[lo * f2:hi * f2], y)
                 return loss + weight * ce, ce
 
-            if self.config.independent_ranks:  # each rank matched alone: Baseline B in one run
-                total = sum(masked_loss(r, r + 1)[0] for r in range(syn.ipc))
-                outs.append(MatchOutput(cls=int(c), losses={p: total for p in prefixes}, syn_features=fs_c.detach(),
-                                        syn_owner=o, real_features=fr_c, stats=stats))
-                continue
             for p in prefixes:
                 n = syn.ipc if p is None else int(p)
                 if not 1 <= n <= syn.ipc:

@@ -40,10 +40,6 @@ class RandomSelection(Selector):
     Config = RandomConfig
     presets = {"quick": _random_preset, "paper": _random_preset}
 
-    def __init__(self, method_config=None, config=None) -> None:
-        self.mc = method_config
-        self.config = config
-
     def select(self, dataset, ipc: int, *, seed: int, device: torch.device, progress: bool = True) -> torch.Tensor:
         init_seed = seed if self.config is None or self.config.init_seed is None else self.config.init_seed
         offset = 0 if self.config is None else self.config.init_offset
@@ -96,12 +92,8 @@ class HerdingSelection(Selector):
     Config = HerdingConfig
     presets = {"quick": _herding_quick, "paper": _herding_paper}
 
-    def __init__(self, method_config: HerdingConfig | None = None, config=None) -> None:
-        self.mc = method_config or HerdingConfig()
-        self.config = config
-
     def select(self, dataset, ipc: int, *, seed: int, device: torch.device, progress: bool = True) -> torch.Tensor:
-        mc = self.mc
+        mc = self.mc or HerdingConfig()
         if mc.train_steps < 0 or mc.batch < 1:
             raise ConfigError(f"herding train_steps={mc.train_steps}, batch={mc.batch}; expected >= 0 and >= 1.")
         model_name = self.config.model if self.config is not None else "convnet"

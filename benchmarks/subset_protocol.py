@@ -16,8 +16,11 @@ Identical runs are not repeated: A's size-``N`` condensation *is* C, and A's siz
 condensation *is* B's first run (same seed and initial image), as in the paper's Table 1 (†).
 Training sets that are bitwise identical are evaluated once.
 
-:func:`run_subset_degradation` runs everything and returns a :class:`SubsetDegradationResult`
-that writes ``subset_degradation.json``, ``.md`` (Table-1 layout) and ``.png``.
+:func:`run_subset_degradation` runs everything and returns a
+:class:`edgecond.report.SubsetDegradationResult` that writes ``subset_degradation.json``, ``.md``
+(Table-1 layout) and ``.png``. This is benchmark code (it moved out of the library, issue 22):
+what it needs from the library is public API, e.g. Baseline B's per-rank independence is the
+engine's ``CondenseConfig.independent_ranks`` request (:mod:`edgecond.condense.independent`).
 """
 from __future__ import annotations
 
@@ -33,7 +36,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from edgecond.errors import ConfigError
+from edgecond.imagedata import holdout_split
+from edgecond.report import METHOD_KEYS, SubsetDegradationResult
 
 __all__ = [
     "METHOD_KEYS",
@@ -55,7 +60,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHOD_KEYS: tuple[str, ...] = ("random", "A", "B", "C", "MDC", "SDC-LFS", "SDC-LBS")
 #: Adam steps per size of SDC-LBS's nested learning-based slimming when ``sdc`` does not set
 #: ``lbs_steps`` (a priori: 10 sizes x 15 steps = the 150 outer iterations of the quick run; not tuned)
 SDC_LBS_STEPS = 15
@@ -186,7 +190,7 @@ def bench_overrides(cfg: SubsetDegradationConfig) -> dict[str, Any]:
 
 def _config(cfg: SubsetDegradationConfig, dataset, method: str, ipc: int, **extra: Any):
     """The one resolver (:func:`edgecond.condense.condense_preset`) for this benchmark's run."""
-    from . import condense_preset
+    from edgecond.condense import condense_preset
 
     overrides = bench_overrides(cfg)
     overrides.update(extra)
@@ -195,7 +199,7 @@ def _config(cfg: SubsetDegradationConfig, dataset, method: str, ipc: int, **extr
 
 
 def _run(dataset, config, *, device: str, progress: bool, hooks=None):
-    from . import condense
+    from edgecond.condense import condense
 
     return condense(dataset, config, device=device, progress=progress, hooks=hooks)
 
@@ -230,7 +234,7 @@ def baseline_b(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
     ``independent_ranks`` (size 1's settings, lr included), returned as one result.
     ``"independent"``: run ``k`` uses seed ``seed + k``; one result per run.
     """
-    from ..buffer import MultisizeBuffer
+    from edgecond.buffer import MultisizeBuffer
 
     if cfg.b_mode == "joint":
         config = dataclasses.replace(_config(cfg, dataset, cfg.base, 1, init_seed=int(cfg.seed)), ipc=int(cfg.ipc),
@@ -290,7 +294,7 @@ def baseline_a(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True,
 
 def random_real(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True) -> MethodSets:
     """``N`` random real images per class (the ``random`` selector), cut to prefixes."""
-    from . import condense_preset
+    from edgecond.condense import condense_preset
 
     config = condense_preset("random", "quick", dataset, ipc=int(cfg.ipc), seed=int(cfg.seed))
     r = _run(dataset, config, device=cfg.device, progress=progress)
@@ -299,152 +303,15 @@ def random_real(dataset, cfg: SubsetDegradationConfig, *, progress: bool = True)
 
 
 # --------------------------------------------------------------------------------------------
-# validation split (for tuning: never tune on test)
-
-
-def holdout_split(dataset, *, per_class: int = 30, seed: int = 0):
-    """A copy of ``dataset`` whose *test* split is ``per_class`` images per class carved from
-    TRAIN (and removed from its train split). Use it to tune settings; the real test split is
-    not touched."""
-    from ..data import ImageDataset
-
-    gen = torch.Generator().manual_seed(int(seed))
-    keep, hold = [], []
-    for c, idx in enumerate(dataset.class_indices()):
-        if len(idx) <= per_class:
-            raise ConfigError(
-                f"class {c} of {dataset.name!r} has {len(idx)} training images; cannot hold out "
-                f"{per_class} for validation. Pass a smaller per_class."
-            )
-        perm = idx[torch.randperm(len(idx), generator=gen)]
-        hold.append(perm[:per_class])
-        keep.append(perm[per_class:])
-    keep_i, hold_i = torch.cat(keep).sort().values, torch.cat(hold).sort().values
-    return ImageDataset(
-        name=f"{dataset.name}-val",
-        x_train=dataset.x_train[keep_i].clone(),
-        y_train=dataset.y_train[keep_i].clone(),
-        x_test=dataset.x_train[hold_i].clone(),
-        y_test=dataset.y_train[hold_i].clone(),
-        class_names=list(dataset.class_names),
-        mean=tuple(dataset.mean),
-        std=tuple(dataset.std),
-        source=f"{dataset.source} (validation: {per_class}/class held out of train, seed {seed})",
-        flips=bool(getattr(dataset, "flips", False)),
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # the protocol
-
-
-@dataclass
-class SubsetDegradationResult:
-    """Accuracy of every method at every size, storage, runtimes; writes JSON / Markdown / PNG."""
-
-    config: dict
-    methods: dict[str, dict[str, Any]]
-    runtimes: dict[str, float]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        out: dict[str, Any] = {k: v for k, v in self.methods.items()}
-        out["runtimes"] = dict(self.runtimes)
-        out["config"] = self.config
-        out.update(self.extra)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SubsetDegradationResult":
-        """Inverse of :meth:`to_dict` (reads a ``subset_degradation.json``)."""
-        methods = {k: data[k] for k in METHOD_KEYS if k in data}
-        extra = {k: v for k, v in data.items() if k not in METHOD_KEYS and k not in ("runtimes", "config")}
-        return cls(config=dict(data.get("config", {})), methods=methods, runtimes=dict(data.get("runtimes", {})),
-                   extra=extra)
-
-    def averages(self) -> dict[str, float]:
-        return {k: float(np.mean(v["mean"])) for k, v in self.methods.items() if v.get("mean")}
-
-    def to_markdown(self) -> str:
-        """Table-1 layout: a row per method, sizes as columns, Avg. and Diff. vs C (points)."""
-        keys = [k for k in METHOD_KEYS if k in self.methods]
-        sizes = self.methods[keys[0]]["sizes"] if keys else []
-        avgs = self.averages()
-        head = ["method", *[str(s) for s in sizes], "Avg.", "Diff. vs C"]
-        lines = [
-            f"Subset degradation: {self.config.get('dataset')}, base {self.config.get('base')}, "
-            f"IPC{self.config.get('ipc')}, preset {self.config.get('preset')}; test accuracy (%) "
-            f"mean ± std over seeds {list(self.config.get('seeds', []))}.",
-            "",
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-        ]
-        c_avg = avgs.get("C")
-        for k in keys:
-            m = self.methods[k]
-            cells = [f"{100 * mu:.2f} ± {100 * sd:.2f}" for mu, sd in zip(m["mean"], m["std"])]
-            diff = "0" if k == "C" else ("-" if c_avg is None else f"{100 * (avgs[k] - c_avg):+.2f}")
-            lines.append("| " + " | ".join([k, *cells, f"{100 * avgs[k]:.2f}", diff]) + " |")
-        lines += ["", "| method | condensations | stored bytes | condense s | evaluate s |", "|---|---:|---:|---:|---:|"]
-        for k in keys:
-            m = self.methods[k]
-            lines.append(
-                f"| {k} | {m['runs']} | {m['storage_bytes']} | {m['condense_seconds']:.1f} | {m['eval_seconds']:.1f} |"
-            )
-        ratio = self.extra.get("mdc_cost_ratio")
-        if ratio is not None:
-            lines += ["", f"MDC / C seconds per outer iteration: {ratio:.3f}× "
-                          f"({self.extra.get('mdc_seconds_per_iteration'):.4f} s vs "
-                          f"{self.extra.get('base_seconds_per_iteration'):.4f} s)."]
-        lines.append(f"Total wall time: {self.runtimes.get('total', float('nan')):.1f} s.")
-        return "\n".join(lines) + "\n"
-
-    def plot(self, path: str | Path) -> Path:
-        """Accuracy vs size, one line per method (matplotlib Agg)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-        styles = {"random": ":", "A": "-", "B": "-.", "C": "--", "MDC": "-", "SDC-LFS": "-", "SDC-LBS": "-."}
-        for k in METHOD_KEYS:
-            if k not in self.methods:
-                continue
-            m = self.methods[k]
-            ax.errorbar(m["sizes"], [100 * v for v in m["mean"]], yerr=[100 * v for v in m["std"]],
-                        label=k, linestyle=styles.get(k, "-"), marker="o", markersize=3, capsize=2,
-                        linewidth=2.2 if k in ("MDC", "SDC-LFS") else 1.3)
-        ax.set_xlabel("images per class (prefix size)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{self.config.get('dataset')} · {self.config.get('base')} · IPC{self.config.get('ipc')}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-        return path
-
-    def write(self, out_dir: str | Path, stem: str = "subset_degradation") -> dict[str, Path]:
-        """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` under ``out_dir``."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        paths["md"].write_text(self.to_markdown())
-        if self.methods:
-            self.plot(paths["png"])
-        return paths
 
 
 def sdc_config(cfg: SubsetDegradationConfig, dataset: Any, *, lbs: bool = False):
     """The ``sdc`` condensation of a benchmark run: the SDC preset over ``cfg.base`` with the
     benchmark's engine overrides (iterations etc.; base-matcher fields go to its ``base_config``)
     and ``cfg.sdc`` on top."""
-    from . import condense_preset
-    from .engine import CondenseConfig
+    from edgecond.condense import condense_preset
+    from edgecond.condense.engine import CondenseConfig
 
     engine_fields = {f.name for f in dataclasses.fields(CondenseConfig)}
     over = bench_overrides(cfg)
@@ -491,7 +358,7 @@ def run_subset_degradation(
     With ``out_dir`` the report is rewritten after each method (a killed run keeps what it has)
     and, with ``save_buffers``, the C, B and MDC buffers are saved there too.
     """
-    from ..evaluate import evaluate_seeds, eval_preset
+    from edgecond.evaluate import evaluate_seeds, eval_preset
 
     cfg.validate()
     t_total = time.perf_counter()
@@ -535,7 +402,7 @@ def run_subset_degradation(
         if out_dir is not None:
             result.write(out_dir)
 
-    from ..progress import progress_bar
+    from edgecond.progress import progress_bar
 
     wanted = list(cfg.methods)
     bar = progress_bar(total=len(wanted), desc="subset degradation", unit="method", disable=not progress)
@@ -669,3 +536,4 @@ def measure_cost_ratio(dataset, cfg: SubsetDegradationConfig, *, iterations: int
     return {"base": cfg.base, "ipc": int(cfg.ipc), "dataset": cfg.dataset, "iterations": int(iterations),
             "repeats": int(repeats), "base_seconds_per_iteration": b, "mdc_seconds_per_iteration": m,
             "ratio": m / b if b > 0 else None}
+
