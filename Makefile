@@ -24,8 +24,9 @@ test: $(STAMP)
 # API reference from the docstrings (pdoc): out/docs-api/index.html
 DOCS_MODULES := edgecond edgecond.buffer edgecond.budget edgecond.units edgecond.errors edgecond.data \
 	edgecond.models edgecond.condense edgecond.evaluate edgecond.show edgecond.progress edgecond.export \
-	edgecond.deploy edgecond.continual edgecond.federated edgecond.apps edgecond.apps.edge \
-	edgecond.apps.avalanche edgecond.apps.flower_client edgecond.apps.flower_server
+	edgecond.deploy edgecond.continual edgecond.federated edgecond.transfer edgecond.report edgecond.apps edgecond.apps.edge \
+	edgecond.apps.avalanche edgecond.apps.flower_client edgecond.apps.flower_server edgecond.apps.flower_config \
+	edgecond.apps.flower_records
 docs-api: $(STAMP)
 	$(PY) -m pdoc --docformat restructuredtext -o out/docs-api $(DOCS_MODULES)
 
