@@ -231,6 +231,8 @@ class Shard:
         t0 = time.perf_counter()
         try:
             fn(dist)
+        except WorkerLostError:  # the launcher's stop signal arrived during the collective
+            raise
         except RuntimeError as exc:  # gloo/NCCL: a peer closed the connection or timed out
             raise WorkerLostError(
                 f"worker rank {self.workers.rank} of {self.workers.world_size} lost contact with the others during "

@@ -712,10 +712,10 @@ def _outer_loop(run: _Run, start: int, *, checkpoint_every: int, log_path, tenso
             dt = time.perf_counter() - t0
             run_seconds.append(dt)
             record = {"iteration": t, "loss": mean_loss, "seconds": dt, **stats}
-            if run.shard.workers.distributed:
-                record["comm_seconds"] = run.shard.comm_seconds
             for key, v in record.items():
                 history.setdefault(key, []).append(v)
+            if run.shard.workers.distributed:  # the log only: a resumed run may have another world size
+                record["comm_seconds"] = run.shard.comm_seconds
             logger.write(record)
             if on_iteration is not None:  # e.g. the server's start-up job logs progress
                 on_iteration(dict(record, total=config.iterations))
