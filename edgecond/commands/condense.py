@@ -76,7 +76,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int_arg(1), default=50, help="outer iterations between checkpoints")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
-    p.add_argument("--log", default=None, help="JSON-lines log of the losses (default: OUTPUT.log.jsonl)")
+    p.add_argument("--log", "--log-path", dest="log", default=None,
+                   help="JSON-lines log of the losses (default: OUTPUT.log.jsonl); under torchrun spell it "
+                        "--log-path (torchrun's own parser reads --log as its ambiguous --log-dir)")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help="also log to TensorBoard in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
