@@ -237,10 +237,11 @@ def run(args) -> dict:
             "peak_rss_largest_process_bytes": meter.peak_one, "peak_processes": meter.peak_procs,
             "processes_cleaned_up": killed, "federation_config": flower_config(args.supernodes, args.num_cpus,
                                                                                args.num_gpus),
-            "run_config": run_config.replace(str(tmp), "$TMP"), "log_tail": log[-2000:] if not metrics else "",
+            "run_config": run_config.replace(str(tmp), "$TMP"), "log_tail": log[-3000:],
         }
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def markdown(res: dict) -> str:
@@ -282,6 +283,7 @@ def main(argv=None) -> int:
     ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--ipc", type=int, default=6, help="images per class of the shipped buffer")
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) for inspection")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
     load_before = [round(v, 2) for v in os.getloadavg()]
