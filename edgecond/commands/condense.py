@@ -188,8 +188,13 @@ def _workers(device: str, ckpt: Path):
     previous = signal.signal(signal.SIGTERM, stopped)
     try:
         yield workers, dev
-    finally:
+    except BaseException:
+        # a failed job: the launcher's stop signal must not cut the error message short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
+    else:
         signal.signal(signal.SIGTERM, previous)
+    finally:
         close_workers()
 
 
