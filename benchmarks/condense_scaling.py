@@ -84,7 +84,8 @@ def worker(args) -> int:
                 condense(ds, cfg, device=dev, progress=False, workers=workers, on_iteration=recs.append)
                 if workers.is_writer:
                     rows.append(_row(dataset, method, workers.world_size, recs, load_before, time.perf_counter() - t0))
-                    print(json.dumps(rows[-1]), flush=True)
+                    with open(str(args.worker) + ".partial", "a") as fh:  # progress, readable while it runs
+                        fh.write(json.dumps(rows[-1]) + "\n")
     finally:
         close_workers()
     if workers.is_writer:
@@ -175,6 +176,7 @@ def main(argv=None) -> int:
     classes = {d: load_dataset(d).num_classes for d in args.datasets}
     rows = []
     with tempfile.TemporaryDirectory(prefix="condense-scaling-") as tmp:
+        print(f"progress: {tmp}/rows-W.json.partial", flush=True)
         for w in args.workers:
             rows += launch(w, args, Path(tmp) / f"rows-{w}.json")
             print(json.dumps(rows[-1]), flush=True)
