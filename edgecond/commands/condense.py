@@ -6,8 +6,10 @@ Thin: parsing and printing only; the work is :func:`edgecond.condense.condense` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -74,7 +76,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int_arg(1), default=50, help="outer iterations between checkpoints")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
-    p.add_argument("--log", default=None, help="JSON-lines log of the losses (default: OUTPUT.log.jsonl)")
+    p.add_argument("--log", "--log-path", dest="log", default=None,
+                   help="JSON-lines log of the losses (default: OUTPUT.log.jsonl); under torchrun spell it "
+                        "--log-path (torchrun's own parser reads --log as its ambiguous --log-dir)")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help="also log to TensorBoard in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
@@ -139,13 +143,17 @@ def cmd_condense(args: argparse.Namespace) -> int:
     config = condense_preset(args.method, args.preset, dataset, base=args.base, ipc=args.ipc, seed=args.seed,
                              **overrides)
     _check_config_types(config)
-    print(describe_config(config, dataset), file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for the job
+        print(describe_config(config, dataset), file=sys.stderr)
     out = Path(args.output)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     log_path = Path(args.log) if args.log else out.with_name(out.name + ".log.jsonl")
-    result = condense(dataset, config, device=args.device, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume, log_path=log_path, progress=not args.no_progress,
-                      tensorboard_dir=args.tensorboard)
+    with _workers(args.device, ckpt) as (workers, device):
+        result = condense(dataset, config, device=device, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
+                          resume=args.resume, log_path=log_path, progress=not args.no_progress,
+                          tensorboard_dir=args.tensorboard, workers=workers)
+    if not workers.is_writer:  # rank 0 writes the buffer (every rank holds the same result)
+        return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     nbytes = result.buffer.save(tmp)
@@ -157,6 +165,37 @@ def cmd_condense(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({nbytes} bytes): {config.method} ipc {config.ipc} factor {config.factor} on "
           f"{dataset.name} in {result.seconds:.1f} s{spi_s}")
     return 0
+
+
+@contextlib.contextmanager
+def _workers(device: str, ckpt: Path):
+    """Join the torchrun job of the environment (``torchrun --nproc-per-node N -m edgecond condense``);
+    one process otherwise. A worker the launcher stops (torchrun sends SIGTERM to every worker
+    when one fails) ends with a :class:`WorkerLostError` that says how to continue."""
+    from ..condense.distributed import WorkerLostError, close_workers, init_workers
+
+    workers, dev = init_workers(device)
+    if not workers.distributed:
+        yield workers, dev
+        return
+
+    def stopped(signum, frame):
+        raise WorkerLostError(
+            f"worker rank {workers.rank} of {workers.world_size} was stopped by its launcher (signal {signum}): "
+            "torchrun stops every worker when one fails. The last checkpoint is "
+            f"{str(ckpt)!r}; rerun the same command with --resume to continue from it (any number of workers).")
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        yield workers, dev
+    except BaseException:
+        # a failed job: the launcher's stop signal must not cut the error message short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
+    else:
+        signal.signal(signal.SIGTERM, previous)
+    finally:
+        close_workers()
 
 
 def describe_config(config, dataset) -> str:

@@ -151,7 +151,10 @@ class Method:
       stored rank its own size-1 condensation; the engine asks for it through
       :class:`edgecond.condense.independent.IndependentRanks` hooks, the matcher does nothing);
     * ``synthetic_set``: a callable ``(pixels, config, method_config, dataset) -> SyntheticSet``
-      when the method optimises its own parameterisation (SDC), else None.
+      when the method optimises its own parameterisation (SDC), else None;
+    * ``shard_classes``: the method's image updates are class-wise, so several
+      ``torch.distributed`` workers may each own a share of the classes
+      (:mod:`edgecond.condense.distributed`); otherwise every worker runs replicated.
     """
 
     name: ClassVar[str] = ""
@@ -160,6 +163,7 @@ class Method:
     presets: ClassVar[dict[str, Any]] = {}
     supports_independent_ranks: ClassVar[bool] = False
     synthetic_set: ClassVar[Callable[..., Any] | None] = None
+    shard_classes: ClassVar[bool] = False
 
     def __init__(self, data: Any, config: Any, method_config: Any = None, *,
                  device: torch.device | None = None, generator: torch.Generator | None = None) -> None:

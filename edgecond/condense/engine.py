@@ -59,7 +59,7 @@ DTYPES = ("uint8", "float16", "float32")
 LR_IMG_SPACES = ("normalized", "pixel")
 #: modules of this package that are infrastructure, not methods (every other module is imported
 #: by :func:`_ensure_methods`, and registers its methods with :func:`register_method` on import)
-_NOT_METHOD_MODULES = frozenset({"base", "engine", "checkpoint", "presets", "multisize", "independent"})
+_NOT_METHOD_MODULES = frozenset({"base", "engine", "checkpoint", "presets", "multisize", "independent", "distributed"})
 
 
 def register_method(name: str):
@@ -231,7 +231,13 @@ class RealData:
     """The training split on the device, normalised, with per-class indices and samplers.
 
     Indices are drawn with a CPU generator (reproducible on every device) and moved over.
+    During :func:`condense` the engine sets ``class_stream`` (``c -> generator``): a class's
+    indices then come from its own stream, whichever worker owns the class, and ``shard``
+    (a :class:`~edgecond.condense.distributed.Shard`) for :meth:`global_mean`.
     """
+
+    class_stream: Any = None
+    shard: Any = None
 
     def __init__(self, dataset, device: torch.device) -> None:
         self.dataset = dataset
@@ -255,6 +261,8 @@ class RealData:
 
     def class_indices(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         idx = self.class_idx[c]
+        if self.class_stream is not None:
+            generator = self.class_stream(c)
         perm = torch.randperm(len(idx), generator=generator)[: min(n, len(idx))]
         return idx[perm]
 
@@ -267,6 +275,13 @@ class RealData:
         parts = [self.class_indices(c, n, generator) for c in classes]
         idx = torch.cat(parts).to(self.device)
         return self.x[idx], [len(p) for p in parts]
+
+    def global_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values`` over the rows of every worker (a matcher sees only its own classes'
+        rows of a class group when classes are sharded); ``values.mean()`` in one process."""
+        if self.shard is None:
+            return values.float().mean()
+        return self.shard.global_mean(values)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch of ``n`` images of all classes (no replacement) and their labels."""
@@ -429,6 +444,10 @@ class _Logger:
 
             self.tb = SummaryWriter(str(tensorboard_dir), purge_step=start if start > 0 else None)
 
+    def image_due(self, t: int) -> bool:
+        """Whether iteration ``t`` logs the image grid (with TensorBoard)."""
+        return (t + 1) % self.image_every == 0 or t + 1 == self.total
+
     def write(self, record: dict) -> None:
         if self.fh is not None:
             self.fh.write(json.dumps(record) + "\n")
@@ -437,7 +456,7 @@ class _Logger:
                 if k != "iteration" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, record["iteration"])
             t = int(record["iteration"])
-            if self.images is not None and ((t + 1) % self.image_every == 0 or t + 1 == self.total):
+            if self.images is not None and self.image_due(t):
                 from ..show import image_grid
 
                 with torch.no_grad():
@@ -472,6 +491,288 @@ def _load_resume_state(state, ckpt_path, syn, opt, matcher, hooks, gen, dev) -> 
             ) from None
 
 
+@dataclass
+class _Run:
+    """The state of one matcher condensation, built by :func:`_init_run` (one named place per part)."""
+
+    dataset: Any
+    config: CondenseConfig
+    mcfg: Any
+    dev: torch.device
+    real: RealData
+    gen: torch.Generator  #: the main stream (CPU): model seeds, network training, between groups
+    streams: Any  #: distributed.ClassStreams: per-(t, i) class and group streams
+    syn: SyntheticSet
+    matcher: Matcher
+    hooks: EngineHooks
+    opt: torch.optim.Optimizer
+    shard: Any  #: distributed.Shard
+    make_syn: Any
+    ckpt_path: Path | None
+    history: dict[str, list] = field(default_factory=lambda: {"iteration": [], "loss": [], "seconds": []})
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def sync_tensors(self) -> list[torch.Tensor]:
+        """Every per-class tensor a worker updates: the synthetic parameters and their optimiser state."""
+        out = []
+        for p in self.syn.parameters():
+            out.append(p)
+            out += [v for v in self.opt.state.get(p, {}).values()
+                    if isinstance(v, torch.Tensor) and v.shape == p.shape and v.dim() > 0]
+        return out
+
+
+def _select(cls, mcfg, dataset, config: CondenseConfig, dev, progress: bool, t_start: float) -> CondenseResult:
+    """A selector (random, herding): pick real images, no optimisation."""
+    selector = cls(dataset, config, mcfg, device=dev)
+    images = selector.select(dataset, config.ipc, seed=config.seed, device=dev, progress=progress)
+    images = images.detach().cpu().float()
+    seconds = time.perf_counter() - t_start
+    buf = _make_buffer(images, dataset, config, {"history": {"iterations": 0, "seconds": seconds}})
+    return CondenseResult(buf, {}, seconds, float("nan"), images, config)
+
+
+def _initial_pixels(dataset, config: CondenseConfig, init_images) -> torch.Tensor:
+    """``[K, N, C, H, W]`` pixel-space stored images to start from (given, or drawn)."""
+    k = dataset.num_classes
+    c, h, w = dataset.image_shape
+    if init_images is None:
+        seed0 = config.seed if config.init_seed is None else config.init_seed
+        return initial_images(dataset, config.ipc, config.factor, seed=seed0,
+                              offset=config.init_offset, init=config.init)
+    init_images = torch.as_tensor(init_images).float()
+    if tuple(init_images.shape) != (k, config.ipc, c, h, w):
+        raise ConfigError(
+            f"init_images has shape {tuple(init_images.shape)}; expected [K, N, C, H, W] = "
+            f"{(k, config.ipc, c, h, w)} (pixel space, stored images)."
+        )
+    return init_images.clamp(0, 1)
+
+
+def _init_run(cls, mcfg, dataset, config: CondenseConfig, dev, *, hooks, init_images, workers,
+              checkpoint) -> _Run:
+    """Initial images, real data, the matcher, the hooks, the image optimiser and the worker's shard."""
+    from .distributed import ClassStreams, Shard
+
+    k = dataset.num_classes
+    pixels = _initial_pixels(dataset, config, init_images)
+    real = RealData(dataset, dev)
+    gen = make_generator(int(config.seed) + 1_000_003)  # CPU: indices, aug draws, model seeds
+    make_syn = cls.synthetic_set  # a method's own parameterisation (sdc), declared in base.Method
+    syn = (make_syn(pixels.to(dev), config, mcfg, dataset) if make_syn is not None else
+           SyntheticSet(dataset.normalize(pixels).to(dev), factor=config.factor, mean=dataset.mean, std=dataset.std))
+    shard = Shard(workers, k, split=bool(cls.shard_classes))
+    real.shard = shard
+    matcher: Matcher = cls(real, config, mcfg, device=dev, generator=gen)
+    if hooks is None:
+        hooks = build_hooks(config, k)
+    if make_syn is not None:  # sdc: Adam over all factors (U, Σ, V have different scales)
+        opt = torch.optim.Adam(list(syn.parameters()), lr=float(getattr(mcfg, "lr", config.lr_img)))
+    else:
+        opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    return _Run(dataset, config, mcfg, dev, real, gen, ClassStreams(int(config.seed) + 2_000_003), syn, matcher,
+                hooks, opt, shard, make_syn, ckpt_path)
+
+
+def _resume(run: _Run, resume: bool) -> int:
+    """Load the checkpoint when resuming (the config must match, except ``iterations``); returns
+    the first outer iteration to run. Every worker reads the whole state (any number of workers)."""
+    ckpt_path, config, syn = run.ckpt_path, run.config, run.syn
+    if resume and ckpt_path is None:
+        raise ConfigError("resume=True needs a checkpoint path (--checkpoint PATH).")
+    if not resume or not ckpt_path.exists():
+        return 0
+    state = load_checkpoint(ckpt_path)
+    ck_config = state.get("config") if isinstance(state, dict) else None
+    diff = _config_diff(ck_config, _jsonable(config)) if isinstance(ck_config, dict) else []
+    if diff:
+        detail = "; ".join(f"{key}: checkpoint={state['config'].get(key)!r}, given={_jsonable(config).get(key)!r}"
+                           for key in diff)
+        raise CondenseError(
+            f"checkpoint {str(ckpt_path)!r} was written with a different config ({detail}). "
+            "Resume with the same settings, or start from scratch without --resume (or another --checkpoint)."
+        )
+    start = check_resume_state(state, ckpt_path, iterations=config.iterations,
+                               images_shape=tuple(syn.images.shape), images_dtype=syn.images.dtype,
+                               param_shapes=[tuple(p.shape) for p in syn.parameters()])
+    _load_resume_state(state, ckpt_path, syn, run.opt, run.matcher, run.hooks, run.gen, run.dev)
+    run.history = {key: list(v) for key, v in state["history"].items()}
+    log.info("resumed from %s at iteration %d", ckpt_path, start)
+    return start
+
+
+def _save(run: _Run, next_iteration: int) -> None:
+    """Checkpoint (rank 0, after the workers synchronised): images, optimiser, matcher, hooks, RNG, history."""
+    if run.ckpt_path is None or not run.shard.workers.is_writer:
+        return
+    syn = run.syn
+    extra_state = {"syn_extra": syn.extra_state()} if hasattr(syn, "extra_state") else {}
+    save_checkpoint(run.ckpt_path, {
+        **extra_state,
+        "config": _jsonable(run.config),
+        "iteration": next_iteration,
+        "images": syn.images.detach(),
+        "optimizer": run.opt.state_dict(),
+        "matcher": run.matcher.state_dict(),
+        "hooks": run.hooks.state_dict(),
+        "rng": {"main": run.gen.get_state()},
+        "history": run.history,
+    })
+
+
+def _zero_step_grads(run: _Run) -> None:
+    """A group this worker owns no class of: its step still moves (by momentum) the classes it
+    owns, as in one process, so the update is taken with a zero gradient."""
+    for p in run.syn.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+
+
+def _update_group(run: _Run, group: Sequence[int], gi: int, grad_scale, stats: dict) -> float:
+    """One image update for class group ``group`` (the worker's own classes of it); returns its loss."""
+    syn, hooks, opt = run.syn, run.hooks, run.opt
+    run.gen.manual_seed(run.streams.group_seed(gi))  # the group's draws: the same on every worker
+    mine = run.shard.owned(group)
+    opt.zero_grad(set_to_none=True)
+    loss_value = 0.0
+    if mine:
+        outs = hooks.match(run.matcher, syn, mine)
+        loss = hooks.combine(outs)
+        loss.backward()
+        loss_value = float(loss.detach())
+        for o in outs:
+            for key, v in o.stats.items():
+                s = stats.setdefault(key, [0.0, 0.0])
+                s[0] += float(v)
+                s[1] += 1.0
+    else:
+        _zero_step_grads(run)
+    hooks.mask_grad(syn.images.grad)
+    if grad_scale is not None:
+        syn.images.grad.mul_(grad_scale)
+    opt.step()
+    syn.clamp_()
+    after_step = getattr(hooks, "after_step", None)  # optional extension (MDC): restore frozen ranks
+    if after_step is not None:
+        after_step(syn)
+    return loss_value
+
+
+def _outer_iteration(run: _Run, t: int, grad_scale) -> tuple[float, dict[str, float]]:
+    """Outer iteration ``t``: the matcher's inner steps over every class group; returns the mean
+    loss per image update and the mean of every statistic the matcher reports (over all workers)."""
+    matcher, hooks, k = run.matcher, run.hooks, run.num_classes
+    matcher.begin_outer(t)
+    hooks.begin_outer(t)
+    loss_sum, n_loss = 0.0, 0
+    stats: dict[str, list[float]] = {}
+    run.real.class_stream = run.streams
+    try:
+        for i in range(matcher.inner_steps):
+            run.streams.start(t, i)
+            main = run.gen.get_state()
+            for gi, group in enumerate(matcher.class_groups(k)):
+                loss_sum += _update_group(run, group, gi, grad_scale, stats)
+                n_loss += 1
+            run.gen.set_state(main)
+            matcher.between_inner(i)
+    finally:
+        run.real.class_stream = None
+    keys = sorted(stats)
+    packed = torch.tensor([loss_sum, *(v for key in keys for v in stats[key])], dtype=torch.float64)
+    run.shard.sum_(packed, "the loss reduction")
+    reduce_hooks = getattr(hooks, "all_reduce", None)  # optional extension (MDC): per-class distances
+    if reduce_hooks is not None and run.shard.split:
+        reduce_hooks(lambda x: run.shard.sum_(x, "the MDC feature distances"))
+    hooks.end_outer(t)
+    means = {key: float(packed[1 + 2 * j] / max(float(packed[2 + 2 * j]), 1.0)) for j, key in enumerate(keys)}
+    return float(packed[0]) / max(n_loss, 1), means
+
+
+def _outer_loop(run: _Run, start: int, *, checkpoint_every: int, log_path, tensorboard_dir, progress: bool,
+                on_iteration) -> list[float]:
+    """Outer iterations ``start..iterations-1``: update, log (rank 0), synchronise and checkpoint."""
+    from ..progress import progress_bar
+
+    config, history, writer = run.config, run.history, run.shard.workers.is_writer
+    logger = _Logger(log_path if writer else None, tensorboard_dir if writer else None, start, images=run.syn,
+                     total=config.iterations)
+    bar = progress_bar(total=config.iterations, initial=min(start, config.iterations),
+                       disable=not progress or not writer, desc=f"condense {config.method}", unit="it")
+    grad_scale = image_grad_scale(config, run.syn)
+    run_seconds: list[float] = []
+    try:
+        for t in range(start, config.iterations):
+            t0 = time.perf_counter()
+            run.shard.iteration = t
+            mean_loss, stats = _outer_iteration(run, t, grad_scale)
+            save_due = (t + 1) % checkpoint_every == 0 or t + 1 == config.iterations
+            if save_due or (tensorboard_dir is not None and logger.image_due(t)):
+                run.shard.sync(run.sync_tensors())
+            dt = time.perf_counter() - t0
+            run_seconds.append(dt)
+            record = {"iteration": t, "loss": mean_loss, "seconds": dt, **stats}
+            for key, v in record.items():
+                history.setdefault(key, []).append(v)
+            if run.shard.workers.distributed:  # the log only: a resumed run may have another world size
+                record["comm_seconds"] = run.shard.comm_seconds
+            logger.write(record)
+            if on_iteration is not None:  # e.g. the server's start-up job logs progress
+                on_iteration(dict(record, total=config.iterations))
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4g}")
+            if not math.isfinite(mean_loss):
+                raise CondenseError(
+                    f"the matching loss became {mean_loss} at iteration {t} of {config.method}; "
+                    f"lower lr_img (now {config.lr_img}) or check the data."
+                )
+            if save_due:
+                _save(run, t + 1)
+        if run.ckpt_path is not None and start >= config.iterations and not run.ckpt_path.exists():
+            _save(run, start)
+    finally:
+        bar.close()
+        logger.close()
+    return run_seconds
+
+
+def _finish(run: _Run, run_seconds: list[float], t_start: float) -> CondenseResult:
+    """After the last iteration: the matcher's own finish (SDC's LBS), the summary and the buffer."""
+    config, syn = run.config, run.syn
+    run.shard.sync(run.sync_tensors())  # a run resumed at its end still hands every rank whole images
+    run.real.shard = None  # from here every worker holds every class (SDC's LBS runs replicated)
+    finish = getattr(run.matcher, "finish", None)  # optional: work after the last iteration (SDC's LBS)
+    if finish is not None:
+        finish(syn)
+    images = syn.pixel_images().detach().cpu().float()
+    seconds = time.perf_counter() - t_start
+    spi = sum(run_seconds) / len(run_seconds) if run_seconds else float("nan")
+    losses = run.history.get("loss", [])
+    summary = {
+        "iterations": config.iterations,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "seconds": round(seconds, 3),
+        "seconds_per_iteration": None if math.isnan(spi) else round(spi, 5),
+        "device": str(run.dev),
+    }
+    if run.shard.workers.distributed:
+        summary["workers"] = run.shard.workers.world_size
+    extra = dict(run.hooks.metadata() or {})
+    extra["history"] = summary
+    if run.make_syn is not None:
+        from .sdc import sdc_buffer
+
+        buf = sdc_buffer(syn, run.dataset, config, extra)
+    else:
+        buf = _make_buffer(images, run.dataset, config, extra)
+    return CondenseResult(buf, run.history, seconds, spi, images, config)
+
+
 def condense(
     dataset,
     config: CondenseConfig,
@@ -486,6 +787,7 @@ def condense(
     init_images: torch.Tensor | None = None,
     tensorboard_dir: str | Path | None = None,
     on_iteration: Any = None,
+    workers: Any = None,
 ) -> CondenseResult:
     """Condense ``dataset`` with ``config`` into a :class:`CondenseResult` (buffer + history).
 
@@ -497,178 +799,30 @@ def condense(
     from instead of real images drawn from ``config.init_seed``/``init_offset``.
     ``on_iteration``: called after every outer iteration with its log record (``iteration``,
     ``loss``, ``seconds``, ``total``, ...), e.g. to report progress in a server log.
+    ``workers``: a :class:`~edgecond.condense.distributed.Workers` (default: the initialised
+    ``torch.distributed`` process group, else one process): classes are sharded across the
+    workers, rank 0 writes the log and the checkpoints, and every rank returns the same result
+    (:mod:`edgecond.condense.distributed`).
+
+    The steps: select (selectors) | init → resume → outer loop → finish.
     """
+    from .distributed import current_workers
+
     _ensure_methods()
     cls = METHODS.get(config.method)
     _validate(config, dataset, cls)
     mcfg = method_config(cls, config.method_config)
     dev = resolve_device(device)
     t_start = time.perf_counter()
-
     if cls.kind == "selector":
-        selector = cls(dataset, config, mcfg, device=dev)
-        images = selector.select(dataset, config.ipc, seed=config.seed, device=dev, progress=progress)
-        images = images.detach().cpu().float()
-        seconds = time.perf_counter() - t_start
-        history: dict[str, list] = {}
-        buf = _make_buffer(images, dataset, config, {"history": {"iterations": 0, "seconds": seconds}})
-        return CondenseResult(buf, history, seconds, float("nan"), images, config)
-
+        return _select(cls, mcfg, dataset, config, dev, progress, t_start)
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every={checkpoint_every}; expected an integer >= 1.")
-    k = dataset.num_classes
-    c, h, w = dataset.image_shape
-    if init_images is not None:
-        init_images = torch.as_tensor(init_images).float()
-        if tuple(init_images.shape) != (k, config.ipc, c, h, w):
-            raise ConfigError(
-                f"init_images has shape {tuple(init_images.shape)}; expected [K, N, C, H, W] = "
-                f"{(k, config.ipc, c, h, w)} (pixel space, stored images)."
-            )
-        pixels = init_images.clamp(0, 1)
-    else:
-        seed0 = config.seed if config.init_seed is None else config.init_seed
-        pixels = initial_images(dataset, config.ipc, config.factor, seed=seed0,
-                                offset=config.init_offset, init=config.init)
-    real = RealData(dataset, dev)
-    gen = make_generator(int(config.seed) + 1_000_003)  # CPU: indices, aug draws, model seeds
-    make_syn = cls.synthetic_set  # a method's own parameterisation (sdc), declared in base.Method
-    syn = (make_syn(pixels.to(dev), config, mcfg, dataset) if make_syn is not None else
-           SyntheticSet(dataset.normalize(pixels).to(dev), factor=config.factor, mean=dataset.mean, std=dataset.std))
-    matcher: Matcher = cls(real, config, mcfg, device=dev, generator=gen)
-    if hooks is None:
-        hooks = build_hooks(config, k)
-    if hasattr(hooks, "bind"):  # optional extension (MDC): the hooks see the synthetic set
-        hooks.bind(syn)
-    after_step = getattr(hooks, "after_step", None)  # optional extension (MDC): restore frozen ranks
-    if make_syn is not None:  # sdc: Adam over all factors (U, Σ, V have different scales)
-        opt = torch.optim.Adam(list(syn.parameters()), lr=float(getattr(mcfg, "lr", config.lr_img)))
-    else:
-        opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
-    grad_scale = image_grad_scale(config, syn)
-
-    start = 0
-    history: dict[str, list] = {"iteration": [], "loss": [], "seconds": []}
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt_path is None:
-        raise ConfigError("resume=True needs a checkpoint path (--checkpoint PATH).")
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        ck_config = state.get("config") if isinstance(state, dict) else None
-        diff = _config_diff(ck_config, _jsonable(config)) if isinstance(ck_config, dict) else []
-        if diff:
-            detail = "; ".join(f"{key}: checkpoint={state['config'].get(key)!r}, given={_jsonable(config).get(key)!r}"
-                               for key in diff)
-            raise CondenseError(
-                f"checkpoint {str(ckpt_path)!r} was written with a different config ({detail}). "
-                "Resume with the same settings, or start from scratch without --resume (or another --checkpoint)."
-            )
-        start = check_resume_state(state, ckpt_path, iterations=config.iterations,
-                                   images_shape=tuple(syn.images.shape), images_dtype=syn.images.dtype,
-                                   param_shapes=[tuple(p.shape) for p in syn.parameters()])
-        _load_resume_state(state, ckpt_path, syn, opt, matcher, hooks, gen, dev)
-        history = {key: list(v) for key, v in state["history"].items()}
-        log.info("resumed from %s at iteration %d", ckpt_path, start)
-
-    def save(next_iteration: int) -> None:
-        if ckpt_path is None:
-            return
-        extra_state = {"syn_extra": syn.extra_state()} if hasattr(syn, "extra_state") else {}
-        save_checkpoint(ckpt_path, {
-            **extra_state,
-            "config": _jsonable(config),
-            "iteration": next_iteration,
-            "images": syn.images.detach(),
-            "optimizer": opt.state_dict(),
-            "matcher": matcher.state_dict(),
-            "hooks": hooks.state_dict(),
-            "rng": {"main": gen.get_state()},
-            "history": history,
-        })
-
-    logger = _Logger(log_path, tensorboard_dir, start, images=syn, total=config.iterations)
-    from ..progress import progress_bar
-
-    bar = progress_bar(total=config.iterations, initial=min(start, config.iterations), disable=not progress,
-                       desc=f"condense {config.method}", unit="it")
-    run_seconds: list[float] = []
-    try:
-        for t in range(start, config.iterations):
-            t0 = time.perf_counter()
-            matcher.begin_outer(t)
-            hooks.begin_outer(t)
-            loss_sum, n_loss = 0.0, 0
-            stats: dict[str, float] = {}
-            for i in range(matcher.inner_steps):
-                for group in matcher.class_groups(k):
-                    outs = hooks.match(matcher, syn, group)
-                    loss = hooks.combine(outs)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    hooks.mask_grad(syn.images.grad)
-                    if grad_scale is not None:
-                        syn.images.grad.mul_(grad_scale)
-                    opt.step()
-                    syn.clamp_()
-                    if after_step is not None:
-                        after_step(syn)
-                    loss_sum += float(loss.detach())
-                    n_loss += 1
-                    for o in outs:
-                        for key, v in o.stats.items():
-                            stats[key] = stats.get(key, 0.0) + float(v) / len(outs)
-                matcher.between_inner(i)
-            hooks.end_outer(t)
-            dt = time.perf_counter() - t0
-            run_seconds.append(dt)
-            mean_loss = loss_sum / max(n_loss, 1)
-            history["iteration"].append(t)
-            history["loss"].append(mean_loss)
-            history["seconds"].append(dt)
-            record = {"iteration": t, "loss": mean_loss, "seconds": dt}
-            for key, v in stats.items():
-                val = v / max(n_loss, 1)
-                history.setdefault(key, []).append(val)
-                record[key] = val
-            logger.write(record)
-            if on_iteration is not None:  # e.g. the server's start-up job logs progress
-                on_iteration(dict(record, total=config.iterations))
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4g}")
-            if not math.isfinite(mean_loss):
-                raise CondenseError(
-                    f"the matching loss became {mean_loss} at iteration {t} of {config.method}; "
-                    f"lower lr_img (now {config.lr_img}) or check the data."
-                )
-            if (t + 1) % checkpoint_every == 0 or t + 1 == config.iterations:
-                save(t + 1)
-        if ckpt_path is not None and start >= config.iterations and not ckpt_path.exists():
-            save(start)
-    finally:
-        bar.close()
-        logger.close()
-
-    finish = getattr(matcher, "finish", None)  # optional: work after the last iteration (SDC's LBS)
-    if finish is not None:
-        finish(syn)
-    images = syn.pixel_images().detach().cpu().float()
-    seconds = time.perf_counter() - t_start
-    spi = sum(run_seconds) / len(run_seconds) if run_seconds else float("nan")
-    losses = history.get("loss", [])
-    summary = {
-        "iterations": config.iterations,
-        "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
-        "seconds": round(seconds, 3),
-        "seconds_per_iteration": None if math.isnan(spi) else round(spi, 5),
-        "device": str(dev),
-    }
-    extra = dict(hooks.metadata() or {})
-    extra["history"] = summary
-    if make_syn is not None:
-        from .sdc import sdc_buffer
-
-        buf = sdc_buffer(syn, dataset, config, extra)
-    else:
-        buf = _make_buffer(images, dataset, config, extra)
-    return CondenseResult(buf, history, seconds, spi, images, config)
+    run = _init_run(cls, mcfg, dataset, config, dev, hooks=hooks, init_images=init_images,
+                    workers=workers if workers is not None else current_workers(), checkpoint=checkpoint)
+    start = _resume(run, resume)
+    if hasattr(run.hooks, "bind"):  # optional extension (MDC): the hooks see the synthetic set
+        run.hooks.bind(run.syn)
+    run_seconds = _outer_loop(run, start, checkpoint_every=checkpoint_every, log_path=log_path,
+                              tensorboard_dir=tensorboard_dir, progress=progress, on_iteration=on_iteration)
+    return _finish(run, run_seconds, t_start)

@@ -184,6 +184,7 @@ class IDC(Matcher):
     Config = IDCConfig
     presets = {"quick": _quick, "paper": _paper}
     supports_independent_ranks = True
+    shard_classes = True  #: one class per group; the network trains on real data (engine: replicated per worker)
 
     def __init__(self, real, config, method_config: IDCConfig, *, device: torch.device,
                  generator: torch.Generator) -> None:

@@ -301,6 +301,7 @@ class IDM(Matcher):
     presets = {"quick": _idm_quick, "paper": _idm_paper}
     inner_steps = 1
     supports_independent_ranks = True
+    shard_classes = True  #: per-class losses; the queue trains on real data (engine: replicated per worker)
 
     def __init__(self, real, config, method_config: IDMConfig, *, device: torch.device,
                  generator: torch.Generator) -> None:
@@ -355,7 +356,8 @@ class IDM(Matcher):
             with torch.no_grad():
                 yr = torch.repeat_interleave(torch.as_tensor(list(classes), device=fr.device),
                                              torch.as_tensor(counts, device=fr.device))
-                acc = (model.classifier(fr).argmax(1) == yr).float().mean()
+                # over the whole group: a worker of a sharded run sees only its own classes' rows
+                acc = self.real.global_mean((model.classifier(fr).argmax(1) == yr).float())
             weight = (self.mc.ce_weight * self.mc.acc_scale) * acc
         fs = model.embed(xs)
         logits = model.classifier(fs) if use_ce else None

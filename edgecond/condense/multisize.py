@@ -335,6 +335,13 @@ class MultisizeHooks(EngineHooks):
         )
         self.meter.add(out.cls, d)
 
+    def all_reduce(self, sum_: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Sum this outer iteration's per-class distances over the workers of a sharded run (the
+        engine calls it before :meth:`end_outer`): each class has one owner, the others hold
+        zeros, so every worker then holds the one-process meter and picks the same MLS."""
+        sum_(self.meter.sums)
+        sum_(self.meter.counts)
+
     def mask_grad(self, grad: torch.Tensor | None) -> None:
         if grad is None or not self.active:
             return

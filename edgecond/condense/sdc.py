@@ -246,6 +246,7 @@ class SDC(Matcher):
     Config = SDCConfig
     presets = {"quick": _preset("quick"), "paper": _preset("paper")}
     supports_independent_ranks = False
+    shard_classes = True  #: U, Σ, V are per class; LBS (finish) runs on every worker after the sync
 
     def __init__(self, real, config, method_config: SDCConfig, *, device: torch.device,
                  generator: torch.Generator) -> None:
