@@ -68,7 +68,8 @@ from edgecond.continual import UNITS, allocate, make_schedule, memory_used, unit
 from edgecond.errors import BudgetError, ConfigError
 from edgecond.formation import decode_numpy
 
-__all__ = ["CondensedBuffer", "MemoryBudgetPlugin", "GDumbStylePlugin", "SoftLabelPlugin", "buffer_class_labels"]
+__all__ = ["CondensedBuffer", "MemoryBudgetPlugin", "GDumbStylePlugin", "SoftLabelPlugin", "RecipePlugin",
+           "buffer_class_labels"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,3 +628,78 @@ class GDumbStylePlugin(SupervisedPlugin):
     def before_training_exp(self, strategy: Any, **kwargs) -> None:
         # fresh weights deserve a fresh optimiser state (momentum of the old weights is stale)
         strategy.optimizer.state = defaultdict(dict)
+
+
+class RecipePlugin(SupervisedPlugin):
+    """Train every mini-batch by one training recipe (:class:`edgecond.recipe.Recipe`), whatever
+    its items are: Avalanche's own exemplars, stream images or condensed memory items.
+
+    Before each training forward pass the batch (``strategy.mbatch[0]``, *normalised* images —
+    pass ``normalized=False`` with ``mean``/``std`` for pixel-space items) is augmented by
+    :func:`edgecond.recipe.augment_batch` and, with the recipe's CutMix probability, CutMix-ed:
+    the strategy's criterion then becomes ``lam · CE(y) + (1 - lam) · CE(y[perm])`` for that
+    batch (CutMix's rule). With it, a random-exemplar arm and a condensed arm train under the
+    *same* augmentation — the fair comparison of ``benchmarks/continual.py``. Give the
+    condensed memory ``CondensedBuffer(augment=False)`` beside it, or items are augmented twice.
+    """
+
+    def __init__(self, recipe: Any, *, seed: int = 0, normalized: bool = True,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        super().__init__()
+        from edgecond.recipe import Recipe
+
+        if not isinstance(recipe, Recipe):
+            raise ConfigError(f"recipe is a {type(recipe).__name__}; expected an edgecond.recipe.Recipe "
+                              "(e.g. edgecond.recipe.recipe_of(buffer)).")
+        if not normalized and (mean is None or std is None):
+            raise ConfigError("normalized=False needs the mean and std the recipe's magnitudes assume; "
+                              "pass mean=... and std=... (the buffer's meta.mean / meta.std).")
+        self.recipe = recipe
+        self.rng = np.random.default_rng(int(seed))
+        self.normalized = bool(normalized)
+        self._mean = None if mean is None else np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+        self._std = None if std is None else np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+        self._mix: tuple[torch.Tensor, float] | None = None  # (perm, lam) of the current batch
+        self._base = None
+        self.batches = 0  # augmented batches (for tests and logs)
+        self.cutmixed = 0
+
+    def before_training(self, strategy: Any, **kwargs) -> None:
+        base = strategy._criterion
+        if getattr(base, "_edgecond_recipe", None) is self:
+            return
+        plugin = self
+
+        def criterion(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if plugin._mix is None or not strategy.is_training:
+                return base(out, y)
+            perm, lam = plugin._mix
+            return lam * base(out, y) + (1.0 - lam) * base(out, y[perm.to(y.device)])
+
+        criterion._edgecond_recipe = self  # type: ignore[attr-defined]
+        self._base = base
+        strategy._criterion = criterion
+
+    def after_training(self, strategy: Any, **kwargs) -> None:
+        if self._base is not None:
+            strategy._criterion = self._base
+            self._base = None
+        self._mix = None
+
+    def before_forward(self, strategy: Any, **kwargs) -> None:
+        from edgecond.recipe import augment_batch, cutmix_images
+
+        self._mix = None
+        if not strategy.is_training:
+            return
+        x = strategy.mbatch[0]
+        a = x.detach().cpu().numpy().astype(np.float32)
+        z = a if self.normalized else (a - self._mean) / self._std
+        z = augment_batch(z, self.recipe, self.rng)
+        if self.recipe.cutmix_prob > 0 and len(z) > 1 and self.rng.random() < self.recipe.cutmix_prob:
+            z, perm, lam = cutmix_images(z, self.rng)
+            self._mix = (torch.from_numpy(np.asarray(perm, dtype=np.int64)), lam)
+            self.cutmixed += 1
+        out = z if self.normalized else z * self._std + self._mean
+        strategy.mbatch[0] = torch.from_numpy(np.ascontiguousarray(out)).to(x.device, x.dtype)
+        self.batches += 1
