@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         bw_trace, mem_trace = traces_for(ref, preset, seed)
         traces_info[seed] = {"bandwidth": bw_trace, "memory": mem_trace}
         recipes = _arm_recipes(buffers, [a for a in run_now if a in buffers])
-        results = {}
+        results, missing = {}, False
         for arm in all_arms:
             key = json.dumps({"arm": arm, "seed": seed, "dataset": args.dataset, "mode": args.buffer_mode,
                               "preset": {k: v for k, v in preset.items() if k != "seeds"},
@@ -522,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if arm not in run_now:
                 log(f"[{arm}] seed {seed}: not run yet (run with --arms {arm}); JSON/PNG not written")
-                results = None
-                break
+                missing = True
+                continue
             fcfg = FederatedConfig(
                 dataset=args.dataset, model=preset["model"], model_width=preset["model_width"],
                 buffer_mode="off" if arm == "none" else args.buffer_mode,
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "condense_s": buffers[arm][1]}
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"key": key, "result": results[arm]}))
-        if results is None:
+        if missing:  # the arms of run_now ran (and are cached); others are still missing
             incomplete = True
             continue
         per_seed.append(results)
