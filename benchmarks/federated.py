@@ -205,10 +205,30 @@ def tune_federation(fcfg, *, rounds: int, grid, log) -> dict:
                        "cpu_s": round(time.process_time() - c0, 1)})
         log(f"[tune] local_epochs={le} lr={lr}: validation accuracy {r['val_accuracy'][-1]:.4f} "
             f"({scores[-1]['seconds']} s)")
-    best = max(scores, key=lambda r: (round(r["val_accuracy"], 4), -r["local_epochs"], -r["lr"]))
+    best = _best(scores)
     return {"grid": [list(g) for g in grid], "rounds": rounds, "seed": fcfg.seed,
             "split": "clients' held-out 20 % of their training partitions (clients.task.local_data)",
             "arm": "none", "scores": scores,
+            "chosen": {"local_epochs": best["local_epochs"], "lr": best["lr"]}}
+
+
+def _best(scores: list[dict]) -> dict:
+    return max(scores, key=lambda r: (round(r["val_accuracy"], 4), -r["local_epochs"], -r["lr"]))
+
+
+def combine_tunings(records: list[dict]) -> dict:
+    """One tuning record from several (grid points run in separate processes): scores pooled,
+    the best point chosen by :func:`tune_federation`'s rule. They must share seed and rounds."""
+    from edgecond.errors import ConfigError
+
+    if not records:
+        raise ConfigError("no tuning records to combine; pass --tuning-json FILE[,FILE...].")
+    if len({(r["seed"], r["rounds"]) for r in records}) > 1:
+        raise ConfigError(f"tuning records of different seeds/rounds {[(r['seed'], r['rounds']) for r in records]}; "
+                          "combine only records of one tuning setup.")
+    scores = [s for r in records for s in r["scores"]]
+    best = _best(scores)
+    return {**records[0], "grid": [[s["local_epochs"], s["lr"]] for s in scores], "scores": scores,
             "chosen": {"local_epochs": best["local_epochs"], "lr": best["lr"]}}
 
 
@@ -417,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="choose local epochs and lr for FedAvg without sharing on the clients' validation "
                         f"splits (grid {TUNE_GRID}, first seed) before running the arms; recorded in the JSON")
     p.add_argument("--tune-rounds", type=int, default=None, help="rounds of each tuning run (default: --rounds)")
+    p.add_argument("--tune-grid", default=None,
+                   help="tuning grid as 'EPOCHS:LR,EPOCHS:LR' (default: TUNE_GRID); one point per process "
+                        "with --tune-only, then --tuning-json to combine")
+    p.add_argument("--tune-only", action="store_true", help="stop after tuning (writes OUT/tuning.json)")
+    p.add_argument("--tuning-json", default=None,
+                   help="comma list of tuning.json files of earlier --tune runs (same seed and config): their "
+                        "scores are combined and the best point is used (instead of tuning now)")
     p.add_argument("--condense-only", action="store_true",
                    help="only build (cache) the buffers of --seeds, then stop (to condense seeds in parallel)")
     p.add_argument("--arms", default=None,
@@ -476,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=preset["batch_size"], dirichlet_alpha=preset["alpha"], partitioner=preset["partitioner"],
             server_fraction=preset["server_fraction"], condensed_weight=preset["condensed_weight"],
             num_partitions=preset["clients"], seed=tune_seed, device=args.device).validate()
-        tkey = json.dumps({"dataset": args.dataset, "grid": TUNE_GRID, "rounds": args.tune_rounds or preset["rounds"],
+        grid = TUNE_GRID if not args.tune_grid else tuple(
+            (int(e), float(lr)) for e, lr in (g.split(":") for g in args.tune_grid.split(",") if g.strip()))
+        tkey = json.dumps({"dataset": args.dataset, "grid": grid, "rounds": args.tune_rounds or preset["rounds"],
                            "seed": tune_seed, "preset": {k: v for k, v in preset.items()
                                                          if k not in ("seeds", "local_epochs", "lr")}},
                           sort_keys=True, default=str)
@@ -485,8 +514,13 @@ def main(argv: list[str] | None = None) -> int:
             tuning = json.loads(tfile.read_text())["tuning"]
             log(f"[tune] reusing {tfile}")
         else:
-            tuning = tune_federation(tcfg, rounds=int(args.tune_rounds or preset["rounds"]), grid=TUNE_GRID, log=log)
+            tuning = tune_federation(tcfg, rounds=int(args.tune_rounds or preset["rounds"]), grid=grid, log=log)
             tfile.write_text(json.dumps({"key": tkey, "tuning": tuning}, indent=1))
+        if args.tune_only:
+            return 0
+    if args.tuning_json:
+        tuning = combine_tunings([json.loads(Path(f).read_text())["tuning"] for f in args.tuning_json.split(",")])
+    if tuning is not None:
         preset["local_epochs"], preset["lr"] = tuning["chosen"]["local_epochs"], tuning["chosen"]["lr"]
         log(f"[tune] chosen on validation: local_epochs={preset['local_epochs']} lr={preset['lr']}")
     per_seed = []

@@ -66,7 +66,6 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from edgecond.buffer import MultisizeBuffer
 from edgecond.continual import UNITS, allocate, make_schedule, memory_used, unit_cost
 from edgecond.errors import BudgetError, ConfigError
-from edgecond.formation import decode_numpy
 
 __all__ = ["CondensedBuffer", "MemoryBudgetPlugin", "GDumbStylePlugin", "SoftLabelPlugin", "RecipePlugin",
            "buffer_class_labels"]
@@ -256,7 +255,6 @@ class CondensedBuffer(ExemplarsBuffer):
                 )
         self._classes: dict[int, _ClassSource] = {}   # stream class id -> source, in order seen
         self._decoded: dict[int, torch.Tensor] = {}   # stream class id -> all items (decoded)
-        self._class_major: dict[int, tuple] = {}      # id(buffer) -> (buffer, class-major images)
         self._format: _ItemFormat | None = None
         self.counts: dict[int, int] = {}               # stream class id -> stored images held
         self.history: list[dict] = []                  # one entry per (re)allocation
@@ -360,15 +358,11 @@ class CondensedBuffer(ExemplarsBuffer):
             held_x = self._decoded.get(c)
             if held_x is None or len(held_x) != n * f2:
                 self._decoded.pop(c, None)
-                x = torch.from_numpy(np.ascontiguousarray(buf.class_training_images(s.slot, n)))
+                x = torch.from_numpy(_prefix(buf, s.slot, n).x)
                 self._decoded[c] = self._normalized(x, buf)
             return self._decoded[c]
-        if c not in self._decoded:
-            held = self._class_major.get(s.key)
-            if held is None or held[0] is not buf:                       # read each buffer once
-                held = self._class_major[s.key] = (buf, buf.images_class_major())  # [K, N, C, H, W]
-            images = held[1][s.slot]                                     # [N, C, H, W] pixel
-            x = torch.from_numpy(np.ascontiguousarray(decode_numpy(images, int(buf.factor))))
+        if c not in self._decoded:  # all N ranks decoded once; prefixes are cuts of it (not SDC)
+            x = torch.from_numpy(_prefix(buf, s.slot, buf.ipc).x)
             self._decoded[c] = self._normalized(x, buf)
         return self._decoded[c]
 
@@ -429,7 +423,7 @@ class CondensedBuffer(ExemplarsBuffer):
         """The held memory as the recipe trains on it: pixel-space images [M, C, H, W], target
         distributions [M, L] over stream class ids (soft labels where the buffer has them,
         one-hot otherwise) and the recipe of each buffer involved (for :class:`SoftLabelPlugin`)."""
-        from edgecond.recipe import targets_of
+        from edgecond.prefix import prefix_arrays
 
         xs, ts, recipes = [], [], []
         width = max([c for c in self._classes] + [0]) + 1
@@ -438,19 +432,13 @@ class CondensedBuffer(ExemplarsBuffer):
             if n == 0:
                 continue
             s = self._classes[c]
-            buf, f2 = s.buffer, int(s.buffer.factor) ** 2
-            images = buf.images_class_major(n)[s.slot]
-            xs.append(decode_numpy(images, int(buf.factor)))
+            buf = s.buffer
             aug = self.item_augment(buf)
-            soft = buf.soft_targets(n, decode=False)  # [n*K, f², L], rank-major
-            if soft is None:
-                t = targets_of(np.full(n * f2, c), width)
-            else:  # soft labels are over the model's outputs (spec §3): stream class ids
-                t = targets_of(np.zeros(n * f2, np.int64), soft.shape[-1],
-                               soft[s.slot::buf.num_classes].reshape(n * f2, -1),
-                               soft_kind=(buf.meta.soft or {}).get("kind", "logits"),
-                               temperature=aug.recipe.temperature)
-            ts.append(t)
+            # soft labels are over the model's outputs (spec §3): stream class ids
+            p = prefix_arrays(buf, {int(buf.labels[s.slot]): n}, num_classes=max(width, max(buf.labels) + 1),
+                              flips=aug.recipe.flips)
+            xs.append(p.x)
+            ts.append(p.targets if p.soft else np.eye(width, dtype=np.float32)[np.full(len(p), c)])
             recipes.append(aug.recipe)
         if not xs:
             return np.zeros((0,)), np.zeros((0, width), np.float32), []
@@ -479,6 +467,14 @@ class CondensedBuffer(ExemplarsBuffer):
         """JSON-able state: budget, unit, use, stored images per class."""
         return {"max_size": self.max_size, "unit": self.unit, "used": self.used(),
                 "items": len(self.buffer), "counts": {str(c): n for c, n in self.counts.items()}}
+
+
+def _prefix(buf: MultisizeBuffer, slot: int, n: int):
+    """The ``n``-rank prefix of one class slot (:func:`edgecond.prefix.prefix_arrays`, the
+    reader every client shares)."""
+    from edgecond.prefix import prefix_arrays
+
+    return prefix_arrays(buf, {int(buf.labels[slot]): int(n)}, flips=_flips_of(buf))
 
 
 def _flips_of(buf: MultisizeBuffer) -> bool:

@@ -109,6 +109,9 @@ class DeployConfig:
             ``epochs``, ``lr``, ``schedule``, ``augment`` {``enabled``, ``crop_pad``, ``flip``}.
         check: run the export self-checks.
         dataset_root: where to look for the dataset of the eval set.
+        loss: training loss of the artifacts: ``"soft"`` (target distributions: the buffer's soft
+            labels and its recipe's CutMix reach the device), ``"ce"`` (class ids), or ``None`` =
+            ``"soft"`` when the buffer has soft labels, else ``"ce"``.
         eval_dataset: dataset spec to draw the eval set from (default: the buffer's dataset name;
             give it when that name is not loadable as is, e.g. ``imagefolder:/full/path``).
     """
@@ -126,6 +129,7 @@ class DeployConfig:
     check: bool = True
     dataset_root: str | None = None
     eval_dataset: str | None = None
+    loss: str | None = None
 
 
 @dataclass
@@ -264,13 +268,15 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
     from .export import ExportConfig, export_model
 
     shape = facts["image_shape"]
+    loss = config.loss or ("soft" if buf.has_soft_labels else "ce")
 
     # 1. artifacts (exported next door; only the four training files enter the bundle)
     with tempfile.TemporaryDirectory(prefix=".artifacts-", dir=out) as tmp:
         export = export_model(
             config.model, shape, facts["num_classes"], tmp, model_kwargs=config.model_kwargs, seed=config.seed,
             config=ExportConfig(batch_size=config.batch_size, optimizer=config.optimizer,
-                                weight_decay=config.weight_decay, check=config.check, inference=False),
+                                weight_decay=config.weight_decay, check=config.check, inference=False,
+                                loss=loss),
             progress=progress,
         )
         for name in _ARTIFACTS.values():
@@ -316,7 +322,8 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
             "num_parameters": export.num_parameters,
             "batch_size": config.batch_size,
             "input_name": "input",
-            "label_name": "labels",
+            "label_name": "targets" if loss == "soft" else "labels",
+            "loss": loss,
             "logits_name": "logits",
             "training": training,
             "eval_samples": eval_n,
@@ -469,6 +476,8 @@ def validate_manifest(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> N
         raise _bad(where, "batch_size", m["batch_size"], f"an integer in 1..{MAX_BATCH_SIZE}")
     if not (_is_int(m["num_classes"]) and 1 <= m["num_classes"] <= 1 << 17):
         raise _bad(where, "num_classes", m["num_classes"], "an integer in 1..131072")
+    if m.get("loss", "ce") not in ("ce", "soft"):
+        raise _bad(where, "loss", m.get("loss"), "'ce' (class ids) or 'soft' (target distributions)")
     if not (isinstance(m["logits_name"], str) and m["logits_name"]):
         raise _bad(where, "logits_name", m["logits_name"], "the name of the logits output")
     for key in ("ipc", "factor"):
