@@ -170,9 +170,15 @@ def test_continual_benchmark_trains_every_arm_by_one_shared_recipe():
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "continual.py"
+    import sys
+
     spec = importlib.util.spec_from_file_location("bench_continual_i15", path)
     cont = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cont)
+    sys.modules[spec.name] = cont  # its dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(cont)
+    finally:
+        del sys.modules[spec.name]
     a, b = _buffer(), _buffer(classes=(4, 5, 6, 7))
     assert cont.shared_recipe({"mdc": [a], "herding": [b]}, flips=False) == RECIPE
     other = _buffer(recipe=Recipe(augment="crop", flips=False))
