@@ -13,15 +13,18 @@ replay memory holds at most ``memory_per_class × num_classes`` images (20 per c
                 every prefix is a herding set) through :class:`clients.avalanche_replay.CondensedBuffer`
 ``baseline-c``  plain condensation per experience (``hooks="none"``, MDC's Baseline C), prefixes
 ``mdc``         multisize condensation per experience (``hooks="mdc"``), prefixes
+any method      any other method of ``edgecond.condense.METHODS`` (e.g. ``edc`` once it is
+                registered) by its name: that method per experience, prefixes
+                (``extra_arms()``; ``edc`` joins the default arms when it exists)
 
-Training recipe (issue 15): under ``gdumb`` the condensed arms (``herding``, ``baseline-c``,
-``mdc``) train on memory items that carry their buffer's recipe augmentation
-(``CondensedBuffer(augment=True)``: the DSA ops the buffer was evaluated with; soft labels, when
-a buffer has them, through ``SoftLabelPlugin``) instead of the benchmark's batch augmentation,
-which the ``random`` arm (Avalanche's buffer, real images) keeps. Under ``replay`` one Avalanche
-mini-batch mixes stream and memory items and gets one batch augmentation (``augment``), so the
-memory items are not augmented again (``augment=False``). ``--no-recipe`` restores the batch
-augmentation for every arm.
+Training recipe, the same for every arm (issue 15): all arms — Avalanche's random exemplars
+included — train every mini-batch by **one shared recipe**, the one the condensed buffers carry
+(``shared_recipe``: DSA ops, strength, flip policy, CutMix probability; the buffers of all arms
+must agree) through ``clients.avalanche_replay.RecipePlugin``, in both protocols; the condensed
+memories are then not augmented again per item (``CondensedBuffer(augment=False)``). Soft labels,
+where a buffer has them, reach the loss through ``SoftLabelPlugin`` (they are part of that
+arm's payload, not of the training recipe). ``--no-recipe`` trains every arm with the
+benchmark's batch augmentation (``augment``) instead.
 
 Protocols: ``gdumb`` (GDumb-style: re-initialise the model and train only on the memory, the
 protocol of DM/IDM's continual-learning experiment) and ``replay`` (Naive fine-tuning with
@@ -66,6 +69,10 @@ from edgecond.models import build_model  # noqa: E402
 from edgecond.utils import make_generator, seeded  # noqa: E402
 
 ARMS = ("random", "herding", "baseline-c", "mdc")
+#: methods that join the default arms when they are registered (helpers land them in parallel)
+DEFAULT_EXTRA = ("edc",)
+#: registered methods that already back one of ARMS (as base matcher or selector)
+_BACKING = ("random", "herding", "idc", "idm", "dm")
 PROTOCOLS = ("gdumb", "replay")
 BUDGETS = ("constant", "changing")
 HEADLINE = ("gdumb", "constant")
@@ -100,7 +107,8 @@ class ContinualBenchConfig:
     batch_size: int = 32  #: stream and memory mini-batch size
     #: DiffAugment of every training mini-batch. Digits: "crop" (flip/rotate/cutout hurt 8x8 digits)
     augment: str = "crop"
-    #: gdumb: condensed arms train memory items by their buffer's recipe (see the module doc)
+    #: every arm trains by the condensed buffers' shared recipe (see the module doc); False:
+    #: every arm gets the batch augmentation ``augment``
     recipe: bool = True
     seeds: tuple[int, ...] = (0, 1)
     protocols: tuple[str, ...] = PROTOCOLS
@@ -189,9 +197,35 @@ def _augment_plugin(strategy_name: str, seed: int):
     return AugmentPlugin()
 
 
-def _uses_recipe(arm: str, protocol: str, cfg: ContinualBenchConfig) -> bool:
-    """Whether this arm's memory items are augmented by their buffer's recipe (gdumb, condensed)."""
-    return bool(cfg.recipe) and arm != "random" and protocol == "gdumb"
+def extra_arms() -> tuple[str, ...]:
+    """Registered condensation methods that are not behind one of :data:`ARMS` (each can run
+    as an arm of its own name)."""
+    from edgecond.condense.engine import METHODS, _ensure_methods
+
+    _ensure_methods()
+    return tuple(n for n in METHODS.names() if n not in _BACKING)
+
+
+def default_arms() -> tuple[str, ...]:
+    """:data:`ARMS` plus every method of :data:`DEFAULT_EXTRA` that is registered."""
+    return ARMS + tuple(a for a in DEFAULT_EXTRA if a in extra_arms())
+
+
+def shared_recipe(sources: dict[str, list], flips: bool):
+    """The one recipe every arm trains by: the recipe the buffers of all buffer-backed arms carry
+    (:func:`edgecond.recipe.recipe_of`); with no buffer at all, the evaluation protocol's
+    defaults. Buffers that disagree are an error: the comparison would not be fair."""
+    from edgecond.recipe import recipe_of
+
+    recipes = {}
+    for arm, bufs in sources.items():
+        for b in bufs:
+            recipes.setdefault(json.dumps(recipe_of(b, flips=flips).to_json(), sort_keys=True), []).append(arm)
+    if len(recipes) > 1:
+        raise ConfigError(f"the arms' buffers carry different training recipes {sorted(recipes)} (arms "
+                          f"{[sorted(set(v)) for v in recipes.values()]}); a fair comparison trains every arm "
+                          "by one recipe. Condense them with one preset, or run with --no-recipe.")
+    return recipe_of(next(iter(sources.values()))[0] if recipes else None, flips=flips)
 
 
 def _policy(arm: str, max_size: int, sources: dict[str, list], cfg: ContinualBenchConfig,
@@ -203,13 +237,14 @@ def _policy(arm: str, max_size: int, sources: dict[str, list], cfg: ContinualBen
     if arm == "random":
         return ParametricBuffer(max_size, groupby="class",
                                 selection_strategy=RandomExemplarsSelectionStrategy())
-    return CondensedBuffer(max_size, buffers=sources[arm], unit=cfg.unit, normalize=True,
-                           augment=_uses_recipe(arm, protocol, cfg))
+    # augmentation comes from the one batch-level plugin every arm gets (RecipePlugin or DSA)
+    return CondensedBuffer(max_size, buffers=sources[arm], unit=cfg.unit, normalize=True, augment=False)
 
 
 def run_one(ds, bm, arm: str, protocol: str, schedule: list[int], sources: dict, cfg: ContinualBenchConfig,
-            *, seed: int, log_dir: Path, quiet: bool, device: str) -> dict:
-    """Train one arm under one protocol and budget; returns per-experience metrics."""
+            *, seed: int, log_dir: Path, quiet: bool, device: str, recipe=None) -> dict:
+    """Train one arm under one protocol and budget; returns per-experience metrics.
+    ``recipe``: the shared training recipe (:func:`shared_recipe`; needed when ``cfg.recipe``)."""
     from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
     from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger, TextLogger
     from avalanche.training import Naive
@@ -237,7 +272,11 @@ def run_one(ds, bm, arm: str, protocol: str, schedule: list[int], sources: dict,
 
     policy = _policy(arm, schedule[0], sources, cfg, protocol)
     plugins: list[Any] = [MemoryBudgetPlugin(policy, ListSchedule(schedule))]
-    if not _uses_recipe(arm, protocol, cfg):  # recipe arms: the items carry their augmentation
+    if cfg.recipe:  # one recipe, the same for every arm (fairness)
+        from clients.avalanche_replay import RecipePlugin
+
+        plugins.append(RecipePlugin(recipe, seed=seed))
+    else:
         plugins.append(_augment_plugin(cfg.augment, seed))
     if arm != "random" and cfg.recipe and any(b.has_soft_labels for b in sources.get(arm, [])):
         plugins.append(SoftLabelPlugin(policy, seed=seed))  # soft labels reach the loss
@@ -307,6 +346,12 @@ def build_sources(ds, exp_classes: list[list[int]], cfg: ContinualBenchConfig, *
                                                           **cfg.matcher_overrides.get(cfg.method, {})}),
     }
     specs["mdc"] = dataclasses.replace(specs["baseline-c"], hooks="mdc")
+    for arm in cfg.arms:  # any other registered method: its own name, baseline-c's settings
+        if arm not in specs and arm != "random":
+            specs[arm] = dataclasses.replace(specs["baseline-c"], method=arm,
+                                             overrides={**{k: v for k, v in cfg.condense_overrides.items()
+                                                           if k != "factor"},
+                                                        **cfg.matcher_overrides.get(arm, {})})
     sources, seconds = {}, {}
     for arm, spec in specs.items():
         if arm not in cfg.arms:
@@ -430,6 +475,7 @@ def run(cfg: ContinualBenchConfig, out: Path, *, cache_dir: Path, device: str = 
         raise ConfigError(f"{k} classes do not split into {cfg.experiences} experiences; pick a divisor.")
     raw: dict = {}
     condense_seconds: dict = {}
+    recipes: dict = {}
     for seed in cfg.seeds:
         order = class_order_for(seed, k)
         per = k // cfg.experiences
@@ -438,6 +484,9 @@ def run(cfg: ContinualBenchConfig, out: Path, *, cache_dir: Path, device: str = 
                                       progress=progress)
         condense_seconds[str(seed)] = secs
         bm = make_stream(ds, order, cfg.experiences)
+        recipe = shared_recipe(sources, bool(getattr(ds, "flips", False))) if cfg.recipe else None
+        if recipe is not None:
+            recipes[str(seed)] = recipe.to_json()
         for protocol in cfg.protocols:
             for budget in cfg.budgets:
                 schedule = cfg.schedule(budget, k)
@@ -447,7 +496,7 @@ def run(cfg: ContinualBenchConfig, out: Path, *, cache_dir: Path, device: str = 
                     with seeded(seed), _python_random(seed), warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         res = run_one(ds, bm, arm, protocol, schedule, sources, cfg, seed=seed,
-                                      log_dir=out / "logs" / name, quiet=quiet, device=device)
+                                      log_dir=out / "logs" / name, quiet=quiet, device=device, recipe=recipe)
                     log.info("  %s: final accuracy %.3f forgetting %.3f (%.1fs)", name,
                              res["final_accuracy"], res["forgetting"], res["seconds"])
                     raw.setdefault(protocol, {}).setdefault(budget, {}).setdefault(arm, {})[seed] = res
@@ -455,6 +504,7 @@ def run(cfg: ContinualBenchConfig, out: Path, *, cache_dir: Path, device: str = 
     return finish(raw, cfg, out, {
         "seconds_total": time.perf_counter() - t_start,
         "condense_seconds": condense_seconds,
+        "training_recipe": recipes or "none: every arm trained with the batch augmentation " + repr(cfg.augment),
         "threads": torch.get_num_threads(),
         "device": device,
         "dataset": ds.summary(),
@@ -523,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="quick", choices=("quick", "paper"))
     p.add_argument("--out", required=True, help="output folder (JSON, Markdown, PNG, Avalanche logs)")
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
-    p.add_argument("--arms", nargs="+", choices=ARMS)
+    p.add_argument("--arms", nargs="+", choices=ARMS + extra_arms(),
+                   help=f"default: {' '.join(ARMS)} (+ {', '.join(DEFAULT_EXTRA)} when registered)")
     p.add_argument("--protocols", nargs="+", choices=PROTOCOLS)
     p.add_argument("--budgets", nargs="+", choices=BUDGETS)
     p.add_argument("--ipc", type=int, help="stored images per class of each experience's buffer")
@@ -537,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="TextLogger files instead of InteractiveLogger")
     p.add_argument("--no-recipe", action="store_true",
-                   help="train condensed memories with the benchmark's batch augmentation, not their recipe")
+                   help="train every arm with the benchmark's batch augmentation, not the buffers' shared recipe")
     p.add_argument("--progress", action="store_true", help="condensation progress bars")
     p.add_argument("--jobs", type=int, default=None,
                    help="seeds run in this many parallel processes of 1 thread each, merged into --out "
@@ -553,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = preset(args.preset, args.dataset)
+    cfg.arms = default_arms()
     for name in ("seeds", "arms", "protocols", "budgets"):
         if getattr(args, name):
             setattr(cfg, name, tuple(getattr(args, name)))

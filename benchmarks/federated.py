@@ -6,7 +6,17 @@ Arms (same partition, same traces, same initial model, same client seeds, same b
 * ``random``   random real images per class of the server split, shipped as a buffer;
 * ``herding``  real images of the server split in herding order (every prefix a herding set);
 * ``C``        plain condensation (no multisize hooks) cut to prefixes (MDC's Baseline C);
-* ``mdc``      multisize condensation (MDC hooks): every prefix trained to be good.
+* ``mdc``      multisize condensation (MDC hooks): every prefix trained to be good;
+* any other registered condensation method by its name (e.g. ``edc`` once it exists; it joins
+  the default arms then, :func:`default_arms`).
+
+Fairness: every shipping arm's buffer must carry the same training recipe (checked, recorded in
+the JSON as ``recipes``), so condensed and real images train under one augmentation. The
+federation's own settings (local epochs, lr) can be chosen on validation (``--tune``): FedAvg
+without sharing (``none``) runs over a small grid and the pair with the best final accuracy on
+the clients' held-out 20 % (carved from the clients' *training* partitions; the test split is
+never looked at) is used by every arm; the grid, its scores and the choice are in the JSON
+(``tuning``).
 
 Honest federation: the server holds ``server_fraction`` (default 20 %) of the training set and
 condenses / selects only from it; the clients partition the rest with flwr-datasets
@@ -47,6 +57,28 @@ import numpy as np  # noqa: E402
 
 ARMS = ("none", "random", "herding", "C", "mdc")
 SHIPPING = ("random", "herding", "C", "mdc")
+#: methods that join the default arms when they are registered (helpers land them in parallel)
+DEFAULT_EXTRA = ("edc",)
+#: registered methods that already back one of ARMS (as base matcher or selector)
+_BACKING = ("random", "herding", "idc", "idm", "dm")
+#: ``--tune`` grid: (local epochs, lr) pairs for the ``none`` arm, scored on the clients'
+#: validation splits (local epochs 1..20 at the preset's lr 0.05, and lr 0.01 at 5 and 10; CPU
+#: time grows with the epochs, so not the full cross product)
+TUNE_GRID = ((1, 0.05), (2, 0.05), (5, 0.05), (10, 0.05), (20, 0.05), (5, 0.01), (10, 0.01))
+
+
+def extra_arms() -> tuple[str, ...]:
+    """Registered condensation methods that are not behind one of :data:`ARMS` (each can run
+    as a shipping arm of its own name: that method, no hooks, the condensation preset)."""
+    from edgecond.condense.engine import METHODS, _ensure_methods
+
+    _ensure_methods()
+    return tuple(n for n in METHODS.names() if n not in _BACKING)
+
+
+def default_arms() -> tuple[str, ...]:
+    """:data:`ARMS` plus every method of :data:`DEFAULT_EXTRA` that is registered."""
+    return ARMS + tuple(a for a in DEFAULT_EXTRA if a in extra_arms())
 
 PRESETS = {
     # CPU minutes on digits: 10 clients, Dirichlet 0.1, bandwidth and memory medians ~2.5 ranks
@@ -102,6 +134,9 @@ def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, 
         "C": (preset["condense_method"], "none", preset["condense_preset"]),
         "mdc": (preset["condense_method"], "mdc", preset["condense_preset"]),
     }
+    for arm in arms:  # any other registered method: an arm of its own name
+        if arm not in plans and arm != "baseline-c":
+            plans[arm] = (arm, "none", preset["condense_preset"])
     frac = float(preset.get("server_fraction", 0.2))
     result = {}
     for arm, (method, hooks, cpreset) in plans.items():
@@ -120,7 +155,7 @@ def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, 
             dataset = server_dataset(full, FederatedConfig(dataset=dataset_name, server_fraction=frac, seed=seed))
             log(f"[buffers] server split: {len(dataset.y_train)} of {len(full.y_train)} training images")
         # the one resolver (MDC's Δt from the resolved iteration count)
-        overrides = dict(preset.get("condense_overrides") or {}) if arm in ("C", "mdc") else {}
+        overrides = dict(preset.get("condense_overrides") or {}) if arm not in ("random", "herding") else {}
         if arm == "herding" and dataset.image_shape[-1] <= 8:  # 8x8: a small, briefly trained net
             overrides = dict(HERDING_SMALL)
         cfg = condense_preset(method, cpreset, dataset, ipc=preset["ipc"], hooks=hooks, seed=seed, **overrides)
@@ -137,8 +172,70 @@ def build_buffers(dataset_name: str, preset: dict, out_dir: Path, *, seed: int, 
     return result
 
 
-def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
-    """FedAvg rounds for one arm, driven in-process through the apps' functions."""
+def validation_accuracy(fcfg, arrays, indices: dict) -> float:
+    """Accuracy of the global model on the union of the clients' held-out 20 % (their local
+    validation splits, carved from the clients' training partitions): the tuning score."""
+    import torch
+
+    from clients import task
+
+    dataset = task.load_data(fcfg.dataset)
+    parts = [task.local_data(dataset, fcfg, c, fcfg.num_partitions, idx)[2:] for c, idx in indices.items()]
+    x = torch.cat([p[0] for p in parts])
+    y = torch.cat([p[1] for p in parts])
+    net = task.build_net(fcfg, dataset)
+    task.numpy_to_state(net, arrays)
+    return float(task.test(net, x, y, normalize=dataset.normalize, device=fcfg.device)[1])
+
+
+def tune_federation(fcfg, *, rounds: int, grid, log) -> dict:
+    """Choose ``local_epochs`` and ``lr`` for FedAvg **without** sharing on validation:
+    every grid point runs ``rounds`` rounds of the ``none`` arm and is scored by
+    :func:`validation_accuracy` after the last round (ties: fewer local epochs, then the
+    smaller lr). Returns the grid, the scores and the choice (JSON-able)."""
+    import dataclasses
+
+    scores = []
+    for le, lr in grid:
+        cfg = dataclasses.replace(fcfg, local_epochs=int(le), lr=float(lr), buffer_mode="off")
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = run_arm(f"tune le={le} lr={lr}", None, cfg, rounds=rounds, log=lambda m: None, validation=True)
+        scores.append({"local_epochs": int(le), "lr": float(lr), "val_accuracy": r["val_accuracy"][-1],
+                       "val_curve": r["val_accuracy"], "seconds": round(time.perf_counter() - t0, 1),
+                       "cpu_s": round(time.process_time() - c0, 1)})
+        log(f"[tune] local_epochs={le} lr={lr}: validation accuracy {r['val_accuracy'][-1]:.4f} "
+            f"({scores[-1]['seconds']} s)")
+    best = _best(scores)
+    return {"grid": [list(g) for g in grid], "rounds": rounds, "seed": fcfg.seed,
+            "split": "clients' held-out 20 % of their training partitions (clients.task.local_data)",
+            "arm": "none", "scores": scores,
+            "chosen": {"local_epochs": best["local_epochs"], "lr": best["lr"]}}
+
+
+def _best(scores: list[dict]) -> dict:
+    return max(scores, key=lambda r: (round(r["val_accuracy"], 4), -r["local_epochs"], -r["lr"]))
+
+
+def combine_tunings(records: list[dict]) -> dict:
+    """One tuning record from several (grid points run in separate processes): scores pooled,
+    the best point chosen by :func:`tune_federation`'s rule. They must share seed and rounds."""
+    from edgecond.errors import ConfigError
+
+    if not records:
+        raise ConfigError("no tuning records to combine; pass --tuning-json FILE[,FILE...].")
+    if len({(r["seed"], r["rounds"]) for r in records}) > 1:
+        raise ConfigError(f"tuning records of different seeds/rounds {[(r['seed'], r['rounds']) for r in records]}; "
+                          "combine only records of one tuning setup.")
+    scores = [s for r in records for s in r["scores"]]
+    best = _best(scores)
+    return {**records[0], "grid": [[s["local_epochs"], s["lr"]] for s in scores], "scores": scores,
+            "chosen": {"local_epochs": best["local_epochs"], "lr": best["lr"]}}
+
+
+def run_arm(arm: str, buffer, fcfg, *, rounds: int, log, validation: bool = False) -> dict:
+    """FedAvg rounds for one arm, driven in-process through the apps' functions.
+    ``validation``: also score every round on the clients' validation splits (``val_accuracy``)
+    and skip the test split (tuning runs)."""
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
@@ -156,9 +253,11 @@ def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
                                          partitioner=fcfg.partitioner, alpha=fcfg.dirichlet_alpha,
                                          seed=fcfg.seed, server_fraction=fcfg.server_fraction)
                for c in range(fcfg.num_partitions)}
-    acc0 = task.central_evaluate(fcfg, arrays)["test-acc"]
+    acc0 = None if validation else task.central_evaluate(fcfg, arrays)["test-acc"]
     out = {"accuracy": [], "bytes": [], "cumulative_bytes": [], "memory_bytes": [], "mean_ipc": [],
            "initial_accuracy": acc0}
+    if validation:
+        out["val_accuracy"] = []
     t0, c0 = time.perf_counter(), time.process_time()
     total = 0
     for rnd in range(1, rounds + 1):
@@ -186,7 +285,11 @@ def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
             }))
         agg = aggregate_arrayrecords(replies, "num-examples")
         arrays = {k: v.numpy() for k, v in agg.items()}
-        acc = task.central_evaluate(fcfg, arrays)["test-acc"]
+        if validation:  # tuning: the test split is never looked at
+            acc = validation_accuracy(fcfg, arrays, indices)
+            out["val_accuracy"].append(round(float(acc), 4))
+        else:
+            acc = task.central_evaluate(fcfg, arrays)["test-acc"]
         total += sent
         out["accuracy"].append(round(float(acc), 4))
         out["bytes"].append(int(sent))
@@ -197,6 +300,24 @@ def run_arm(arm: str, buffer, fcfg, *, rounds: int, log) -> dict:
             f"held {held:7d} B  mean ipc {np.mean(ipcs):.1f}  {time.perf_counter() - t0:.0f} s")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["cpu_s"] = round(time.process_time() - c0, 1)  # ~ uncontended wall time at --threads 1
+    return out
+
+
+def _arm_recipes(buffers: dict, arms: list[str]) -> dict:
+    """``{arm: recipe JSON}`` of the shipping arms' buffers; they must agree (one augmentation
+    for real and condensed images alike), else the comparison is not fair: ConfigError."""
+    from edgecond.buffer import MultisizeBuffer
+    from edgecond.data import flips_of_buffer
+    from edgecond.errors import ConfigError
+    from edgecond.recipe import recipe_of
+
+    out = {}
+    for arm in arms:
+        buf = MultisizeBuffer.load(buffers[arm][0])
+        out[arm] = recipe_of(buf, flips=flips_of_buffer(buf.meta)).to_json()
+    if len({json.dumps(v, sort_keys=True) for v in out.values()}) > 1:
+        raise ConfigError(f"the shipping arms' buffers carry different training recipes {out}; a fair "
+                          "comparison trains every arm by one recipe. Condense them with one preset.")
     return out
 
 
@@ -217,7 +338,7 @@ def accuracy_at_bytes(acc: list[float], cum: list[int], budget: int) -> float | 
 
 
 def summarize(results: dict) -> list[dict]:
-    arms = [a for a in ARMS if a in results]
+    arms = [a for a in ARMS if a in results] + [a for a in results if a not in ARMS]
     none_final = results["none"]["accuracy"][-1] if "none" in results else None
     shipped = [results[a]["cumulative_bytes"][-1] for a in arms if a != "none" and results[a]["cumulative_bytes"][-1] > 0]
     equal = min(shipped) if shipped else 0  # the bytes every shipping arm has spent by its end
@@ -269,7 +390,7 @@ def write_outputs(out: Path, payload: dict) -> None:
     except ImportError:  # pragma: no cover
         return
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for arm in [a for a in ARMS if a in payload["arms"]]:
+    for arm in payload["arms"]:
         r = payload["arms"][arm]
         xs = np.arange(1, len(r["accuracy"]) + 1)
         a1.plot(xs, r["accuracy"], marker=".", label=arm)
@@ -312,9 +433,23 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: one condensation per seed)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--arms", default=",".join(ARMS),
-                   help="comma list of arms to run now; finished arms are cached in OUT/arms/ and "
-                        "reused when their config matches, so the JSON/PNG are written once all exist")
+    p.add_argument("--tune", action="store_true",
+                   help="choose local epochs and lr for FedAvg without sharing on the clients' validation "
+                        f"splits (grid {TUNE_GRID}, first seed) before running the arms; recorded in the JSON")
+    p.add_argument("--tune-rounds", type=int, default=None, help="rounds of each tuning run (default: --rounds)")
+    p.add_argument("--tune-grid", default=None,
+                   help="tuning grid as 'EPOCHS:LR,EPOCHS:LR' (default: TUNE_GRID); one point per process "
+                        "with --tune-only, then --tuning-json to combine")
+    p.add_argument("--tune-only", action="store_true", help="stop after tuning (writes OUT/tuning.json)")
+    p.add_argument("--tuning-json", default=None,
+                   help="comma list of tuning.json files of earlier --tune runs (same seed and config): their "
+                        "scores are combined and the best point is used (instead of tuning now)")
+    p.add_argument("--condense-only", action="store_true",
+                   help="only build (cache) the buffers of --seeds, then stop (to condense seeds in parallel)")
+    p.add_argument("--arms", default=None,
+                   help="comma list of arms to run now (default: " + ",".join(ARMS) + ", + edc when "
+                        "registered); finished arms are cached in OUT/arms/ and reused when their config "
+                        "matches, so the JSON/PNG are written once all exist")
     args = p.parse_args(argv)
 
     import torch
@@ -344,10 +479,50 @@ def main(argv: list[str] | None = None) -> int:
         log_file.flush()
 
     t_all = time.perf_counter()
-    run_now = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = sorted(set(run_now) - set(ARMS))
+    run_now = [a.strip() for a in (args.arms or ",".join(default_arms())).split(",") if a.strip()]
+    unknown = sorted(set(run_now) - set(ARMS) - set(extra_arms()))
     if unknown:
-        p.error(f"unknown arm(s) {unknown}; expected some of {', '.join(ARMS)}")
+        p.error(f"unknown arm(s) {unknown}; expected some of {', '.join(ARMS + extra_arms())}")
+    all_arms = list(ARMS) + [a for a in run_now if a not in ARMS]
+    tuning = None
+    if args.condense_only:
+        for seed in preset["seeds"]:
+            build_buffers(args.dataset, preset, Path(args.buffers_dir or out / "buffers"),
+                          seed=seed if args.buffer_seed is None else args.buffer_seed,
+                          device=args.device, log=log, arms=[a for a in run_now if a != "none"])
+        return 0
+    if args.tune:
+        tune_seed = preset["seeds"][0]
+        buffers = build_buffers(args.dataset, preset, Path(args.buffers_dir or out / "buffers"),
+                                seed=tune_seed if args.buffer_seed is None else args.buffer_seed,
+                                device=args.device, log=log, arms=("random",))
+        bw_trace, mem_trace = traces_for(MultisizeBuffer.load(buffers["random"][0]), preset, tune_seed)
+        tcfg = FederatedConfig(
+            dataset=args.dataset, model=preset["model"], model_width=preset["model_width"], buffer_mode="off",
+            budget_trace=bw_trace, memory_trace=mem_trace, local_epochs=preset["local_epochs"], lr=preset["lr"],
+            batch_size=preset["batch_size"], dirichlet_alpha=preset["alpha"], partitioner=preset["partitioner"],
+            server_fraction=preset["server_fraction"], condensed_weight=preset["condensed_weight"],
+            num_partitions=preset["clients"], seed=tune_seed, device=args.device).validate()
+        grid = TUNE_GRID if not args.tune_grid else tuple(
+            (int(e), float(lr)) for e, lr in (g.split(":") for g in args.tune_grid.split(",") if g.strip()))
+        tkey = json.dumps({"dataset": args.dataset, "grid": grid, "rounds": args.tune_rounds or preset["rounds"],
+                           "seed": tune_seed, "preset": {k: v for k, v in preset.items()
+                                                         if k not in ("seeds", "local_epochs", "lr")}},
+                          sort_keys=True, default=str)
+        tfile = out / "tuning.json"  # one tuning per config, reused by later invocations
+        if tfile.is_file() and json.loads(tfile.read_text()).get("key") == tkey:
+            tuning = json.loads(tfile.read_text())["tuning"]
+            log(f"[tune] reusing {tfile}")
+        else:
+            tuning = tune_federation(tcfg, rounds=int(args.tune_rounds or preset["rounds"]), grid=grid, log=log)
+            tfile.write_text(json.dumps({"key": tkey, "tuning": tuning}, indent=1))
+        if args.tune_only:
+            return 0
+    if args.tuning_json:
+        tuning = combine_tunings([json.loads(Path(f).read_text())["tuning"] for f in args.tuning_json.split(",")])
+    if tuning is not None:
+        preset["local_epochs"], preset["lr"] = tuning["chosen"]["local_epochs"], tuning["chosen"]["lr"]
+        log(f"[tune] chosen on validation: local_epochs={preset['local_epochs']} lr={preset['lr']}")
     per_seed = []
     buffer_info = {}
     traces_info = {}
@@ -366,22 +541,23 @@ def main(argv: list[str] | None = None) -> int:
                                                      device=args.device, log=log, arms=("random",))["random"][0])
         bw_trace, mem_trace = traces_for(ref, preset, seed)
         traces_info[seed] = {"bandwidth": bw_trace, "memory": mem_trace}
-        results = {}
-        for arm in ARMS:
+        recipes = _arm_recipes(buffers, [a for a in run_now if a in buffers])
+        results, missing = {}, False
+        for arm in all_arms:
             key = json.dumps({"arm": arm, "seed": seed, "dataset": args.dataset, "mode": args.buffer_mode,
                               "preset": {k: v for k, v in preset.items() if k != "seeds"},
                               "traces": traces_info[seed],
                               "buffer": buffers[arm][2] if arm in buffers else None},
                              sort_keys=True, default=str)
             cache = out / "arms" / f"{arm}-s{seed}.json"
+            if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+                results[arm] = json.loads(cache.read_text())["result"]
+                log(f"[{arm}] seed {seed}: reusing {cache}")
+                continue
             if arm not in run_now:
-                if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
-                    results[arm] = json.loads(cache.read_text())["result"]
-                    log(f"[{arm}] seed {seed}: reusing {cache}")
-                    continue
                 log(f"[{arm}] seed {seed}: not run yet (run with --arms {arm}); JSON/PNG not written")
-                results = None
-                break
+                missing = True
+                continue
             fcfg = FederatedConfig(
                 dataset=args.dataset, model=preset["model"], model_width=preset["model_width"],
                 buffer_mode="off" if arm == "none" else args.buffer_mode,
@@ -399,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "condense_s": buffers[arm][1]}
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"key": key, "result": results[arm]}))
-        if results is None:
+        if missing:  # the arms of run_now ran (and are cached); others are still missing
             incomplete = True
             continue
         per_seed.append(results)
@@ -407,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     arms = {}
-    for arm in [a for a in ARMS if a in per_seed[0]]:
+    for arm in [a for a in all_arms if a in per_seed[0]]:
         accs = np.array([r[arm]["accuracy"] for r in per_seed])
         byts = np.array([r[arm]["bytes"] for r in per_seed])
         cum = np.array([r[arm]["cumulative_bytes"] for r in per_seed])
@@ -430,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         "driver": "in-process (edgecond.federated.Shipper + clients.task.client_round + flwr aggregate_arrayrecords)",
         "buffers": {str(k): v for k, v in buffer_info.items()},
         "traces": {str(k): v for k, v in traces_info.items()},
+        "recipes": recipes,
+        "tuning": tuning,
         "arms": arms,
         "wall_s_this_invocation": round(time.perf_counter() - t_all, 1),
         # arms (all seeds) + each distinct buffer's condensation once

@@ -66,9 +66,9 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from edgecond.buffer import MultisizeBuffer
 from edgecond.continual import UNITS, allocate, make_schedule, memory_used, unit_cost
 from edgecond.errors import BudgetError, ConfigError
-from edgecond.formation import decode_numpy
 
-__all__ = ["CondensedBuffer", "MemoryBudgetPlugin", "GDumbStylePlugin", "SoftLabelPlugin", "buffer_class_labels"]
+__all__ = ["CondensedBuffer", "MemoryBudgetPlugin", "GDumbStylePlugin", "SoftLabelPlugin", "RecipePlugin",
+           "buffer_class_labels"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +255,6 @@ class CondensedBuffer(ExemplarsBuffer):
                 )
         self._classes: dict[int, _ClassSource] = {}   # stream class id -> source, in order seen
         self._decoded: dict[int, torch.Tensor] = {}   # stream class id -> all items (decoded)
-        self._class_major: dict[int, tuple] = {}      # id(buffer) -> (buffer, class-major images)
         self._format: _ItemFormat | None = None
         self.counts: dict[int, int] = {}               # stream class id -> stored images held
         self.history: list[dict] = []                  # one entry per (re)allocation
@@ -359,15 +358,11 @@ class CondensedBuffer(ExemplarsBuffer):
             held_x = self._decoded.get(c)
             if held_x is None or len(held_x) != n * f2:
                 self._decoded.pop(c, None)
-                x = torch.from_numpy(np.ascontiguousarray(buf.class_training_images(s.slot, n)))
+                x = torch.from_numpy(_prefix(buf, s.slot, n).x)
                 self._decoded[c] = self._normalized(x, buf)
             return self._decoded[c]
-        if c not in self._decoded:
-            held = self._class_major.get(s.key)
-            if held is None or held[0] is not buf:                       # read each buffer once
-                held = self._class_major[s.key] = (buf, buf.images_class_major())  # [K, N, C, H, W]
-            images = held[1][s.slot]                                     # [N, C, H, W] pixel
-            x = torch.from_numpy(np.ascontiguousarray(decode_numpy(images, int(buf.factor))))
+        if c not in self._decoded:  # all N ranks decoded once; prefixes are cuts of it (not SDC)
+            x = torch.from_numpy(_prefix(buf, s.slot, buf.ipc).x)
             self._decoded[c] = self._normalized(x, buf)
         return self._decoded[c]
 
@@ -428,7 +423,7 @@ class CondensedBuffer(ExemplarsBuffer):
         """The held memory as the recipe trains on it: pixel-space images [M, C, H, W], target
         distributions [M, L] over stream class ids (soft labels where the buffer has them,
         one-hot otherwise) and the recipe of each buffer involved (for :class:`SoftLabelPlugin`)."""
-        from edgecond.recipe import targets_of
+        from edgecond.prefix import prefix_arrays
 
         xs, ts, recipes = [], [], []
         width = max([c for c in self._classes] + [0]) + 1
@@ -437,19 +432,13 @@ class CondensedBuffer(ExemplarsBuffer):
             if n == 0:
                 continue
             s = self._classes[c]
-            buf, f2 = s.buffer, int(s.buffer.factor) ** 2
-            images = buf.images_class_major(n)[s.slot]
-            xs.append(decode_numpy(images, int(buf.factor)))
+            buf = s.buffer
             aug = self.item_augment(buf)
-            soft = buf.soft_targets(n, decode=False)  # [n*K, f², L], rank-major
-            if soft is None:
-                t = targets_of(np.full(n * f2, c), width)
-            else:  # soft labels are over the model's outputs (spec §3): stream class ids
-                t = targets_of(np.zeros(n * f2, np.int64), soft.shape[-1],
-                               soft[s.slot::buf.num_classes].reshape(n * f2, -1),
-                               soft_kind=(buf.meta.soft or {}).get("kind", "logits"),
-                               temperature=aug.recipe.temperature)
-            ts.append(t)
+            # soft labels are over the model's outputs (spec §3): stream class ids
+            p = prefix_arrays(buf, {int(buf.labels[s.slot]): n}, num_classes=max(width, max(buf.labels) + 1),
+                              flips=aug.recipe.flips)
+            xs.append(p.x)
+            ts.append(p.targets if p.soft else np.eye(width, dtype=np.float32)[np.full(len(p), c)])
             recipes.append(aug.recipe)
         if not xs:
             return np.zeros((0,)), np.zeros((0, width), np.float32), []
@@ -478,6 +467,14 @@ class CondensedBuffer(ExemplarsBuffer):
         """JSON-able state: budget, unit, use, stored images per class."""
         return {"max_size": self.max_size, "unit": self.unit, "used": self.used(),
                 "items": len(self.buffer), "counts": {str(c): n for c, n in self.counts.items()}}
+
+
+def _prefix(buf: MultisizeBuffer, slot: int, n: int):
+    """The ``n``-rank prefix of one class slot (:func:`edgecond.prefix.prefix_arrays`, the
+    reader every client shares)."""
+    from edgecond.prefix import prefix_arrays
+
+    return prefix_arrays(buf, {int(buf.labels[slot]): int(n)}, flips=_flips_of(buf))
 
 
 def _flips_of(buf: MultisizeBuffer) -> bool:
@@ -627,3 +624,78 @@ class GDumbStylePlugin(SupervisedPlugin):
     def before_training_exp(self, strategy: Any, **kwargs) -> None:
         # fresh weights deserve a fresh optimiser state (momentum of the old weights is stale)
         strategy.optimizer.state = defaultdict(dict)
+
+
+class RecipePlugin(SupervisedPlugin):
+    """Train every mini-batch by one training recipe (:class:`edgecond.recipe.Recipe`), whatever
+    its items are: Avalanche's own exemplars, stream images or condensed memory items.
+
+    Before each training forward pass the batch (``strategy.mbatch[0]``, *normalised* images —
+    pass ``normalized=False`` with ``mean``/``std`` for pixel-space items) is augmented by
+    :func:`edgecond.recipe.augment_batch` and, with the recipe's CutMix probability, CutMix-ed:
+    the strategy's criterion then becomes ``lam · CE(y) + (1 - lam) · CE(y[perm])`` for that
+    batch (CutMix's rule). With it, a random-exemplar arm and a condensed arm train under the
+    *same* augmentation — the fair comparison of ``benchmarks/continual.py``. Give the
+    condensed memory ``CondensedBuffer(augment=False)`` beside it, or items are augmented twice.
+    """
+
+    def __init__(self, recipe: Any, *, seed: int = 0, normalized: bool = True,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        super().__init__()
+        from edgecond.recipe import Recipe
+
+        if not isinstance(recipe, Recipe):
+            raise ConfigError(f"recipe is a {type(recipe).__name__}; expected an edgecond.recipe.Recipe "
+                              "(e.g. edgecond.recipe.recipe_of(buffer)).")
+        if not normalized and (mean is None or std is None):
+            raise ConfigError("normalized=False needs the mean and std the recipe's magnitudes assume; "
+                              "pass mean=... and std=... (the buffer's meta.mean / meta.std).")
+        self.recipe = recipe
+        self.rng = np.random.default_rng(int(seed))
+        self.normalized = bool(normalized)
+        self._mean = None if mean is None else np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+        self._std = None if std is None else np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+        self._mix: tuple[torch.Tensor, float] | None = None  # (perm, lam) of the current batch
+        self._base = None
+        self.batches = 0  # augmented batches (for tests and logs)
+        self.cutmixed = 0
+
+    def before_training(self, strategy: Any, **kwargs) -> None:
+        base = strategy._criterion
+        if getattr(base, "_edgecond_recipe", None) is self:
+            return
+        plugin = self
+
+        def criterion(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if plugin._mix is None or not strategy.is_training:
+                return base(out, y)
+            perm, lam = plugin._mix
+            return lam * base(out, y) + (1.0 - lam) * base(out, y[perm.to(y.device)])
+
+        criterion._edgecond_recipe = self  # type: ignore[attr-defined]
+        self._base = base
+        strategy._criterion = criterion
+
+    def after_training(self, strategy: Any, **kwargs) -> None:
+        if self._base is not None:
+            strategy._criterion = self._base
+            self._base = None
+        self._mix = None
+
+    def before_forward(self, strategy: Any, **kwargs) -> None:
+        from edgecond.recipe import augment_batch, cutmix_images
+
+        self._mix = None
+        if not strategy.is_training:
+            return
+        x = strategy.mbatch[0]
+        a = x.detach().cpu().numpy().astype(np.float32)
+        z = a if self.normalized else (a - self._mean) / self._std
+        z = augment_batch(z, self.recipe, self.rng)
+        if self.recipe.cutmix_prob > 0 and len(z) > 1 and self.rng.random() < self.recipe.cutmix_prob:
+            z, perm, lam = cutmix_images(z, self.rng)
+            self._mix = (torch.from_numpy(np.asarray(perm, dtype=np.int64)), lam)
+            self.cutmixed += 1
+        out = z if self.normalized else z * self._std + self._mean
+        strategy.mbatch[0] = torch.from_numpy(np.ascontiguousarray(out)).to(x.device, x.dtype)
+        self.batches += 1

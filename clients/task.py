@@ -168,16 +168,14 @@ class CondensedSet:
 
 def condensed_set(buf, num_classes: int, *, flips: bool | None = None) -> CondensedSet:
     """Turn a held buffer prefix into a :class:`CondensedSet` (decoded images, soft labels
-    when the buffer has them, its recipe — or the protocol defaults for older buffers)."""
-    from edgecond.data import flips_of_buffer
-    from edgecond.recipe import recipe_of, targets_of
+    when the buffer has them, its recipe — or the protocol defaults for older buffers), through
+    the one function every client uses (:func:`edgecond.prefix.prefix_arrays`)."""
+    from edgecond.prefix import prefix_arrays
 
-    xs, ys = buf.training_arrays(buf.ipc)
-    recipe = recipe_of(buf, flips=flips_of_buffer(buf.meta) if flips is None else flips)
-    soft = buf.soft_targets(buf.ipc)
-    kind = (buf.meta.soft or {}).get("kind", "logits")
-    t = targets_of(ys, num_classes, soft, soft_kind=kind, temperature=recipe.temperature)
-    return CondensedSet(np.ascontiguousarray(xs, dtype=np.float32), t, recipe)
+    from edgecond.data import flips_of_buffer
+
+    p = prefix_arrays(buf, buf.ipc, num_classes=num_classes, flips=flips_of_buffer(buf.meta) if flips is None else flips)
+    return CondensedSet(p.x, p.targets, p.recipe)
 
 
 def _local_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -109,6 +109,9 @@ class DeployConfig:
             ``epochs``, ``lr``, ``schedule``, ``augment`` {``enabled``, ``crop_pad``, ``flip``}.
         check: run the export self-checks.
         dataset_root: where to look for the dataset of the eval set.
+        loss: training loss of the artifacts: ``"soft"`` (target distributions: the buffer's soft
+            labels and its recipe's CutMix reach the device), ``"ce"`` (class ids), or ``None`` =
+            ``"soft"`` when the buffer has soft labels, else ``"ce"``.
         eval_dataset: dataset spec to draw the eval set from (default: the buffer's dataset name;
             give it when that name is not loadable as is, e.g. ``imagefolder:/full/path``).
     """
@@ -126,6 +129,7 @@ class DeployConfig:
     check: bool = True
     dataset_root: str | None = None
     eval_dataset: str | None = None
+    loss: str | None = None
 
 
 @dataclass
@@ -260,7 +264,8 @@ def _training_settings(config: DeployConfig, facts: dict[str, Any]) -> dict[str,
 
 def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, Any],
             training: dict[str, Any], *, progress: bool = True) -> DeployResult:
-    export, sizes = _export_artifacts(out, config, facts, progress=progress)  # 1. artifacts
+    loss = _loss_of(buf, config)
+    export, sizes = _export_artifacts(out, config, facts, loss=loss, progress=progress)  # 1. artifacts
     files = dict(_ARTIFACTS, buffer=BUFFER_FILE)
     eval_n = _write_eval_set(out, config, facts, sizes, files)  # 2. held-out set
     bundle = _Bundle(buf, config, facts, training, export, files, eval_n, sizes)
@@ -283,7 +288,12 @@ def _deploy(buf, buffer_path, out: Path, config: DeployConfig, facts: dict[str, 
                         manifest=manifest)
 
 
-def _export_artifacts(out: Path, config: DeployConfig, facts: dict[str, Any], *,
+def _loss_of(buf, config: DeployConfig) -> str:
+    """The artifacts' training loss: ``config.loss``, else ``"soft"`` when the buffer has soft labels."""
+    return config.loss or ("soft" if buf.has_soft_labels else "ce")
+
+
+def _export_artifacts(out: Path, config: DeployConfig, facts: dict[str, Any], *, loss: str,
                       progress: bool) -> tuple[Any, dict[str, int]]:
     """The four ORT training files, exported next door and moved into ``out``; their sizes."""
     from .export import ExportConfig, export_model
@@ -293,7 +303,8 @@ def _export_artifacts(out: Path, config: DeployConfig, facts: dict[str, Any], *,
             config.model, facts["image_shape"], facts["num_classes"], tmp, model_kwargs=config.model_kwargs,
             seed=config.seed,
             config=ExportConfig(batch_size=config.batch_size, optimizer=config.optimizer,
-                                weight_decay=config.weight_decay, check=config.check, inference=False),
+                                weight_decay=config.weight_decay, check=config.check, inference=False,
+                                loss=loss),
             progress=progress,
         )
         for name in _ARTIFACTS.values():
@@ -356,7 +367,8 @@ class _Bundle:
             "num_parameters": export.num_parameters,
             "batch_size": config.batch_size,
             "input_name": "input",
-            "label_name": "labels",
+            "label_name": "targets" if _loss_of(self.buf, config) == "soft" else "labels",
+            "loss": _loss_of(self.buf, config),
             "logits_name": "logits",
             "training": self.training,
             "eval_samples": self.eval_n,
@@ -495,6 +507,8 @@ def validate_manifest(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> N
         raise _bad(where, "batch_size", m["batch_size"], f"an integer in 1..{MAX_BATCH_SIZE}")
     if not (_is_int(m["num_classes"]) and 1 <= m["num_classes"] <= 1 << 17):
         raise _bad(where, "num_classes", m["num_classes"], "an integer in 1..131072")
+    if m.get("loss", "ce") not in ("ce", "soft"):
+        raise _bad(where, "loss", m.get("loss"), "'ce' (class ids) or 'soft' (target distributions)")
     if not (isinstance(m["logits_name"], str) and m["logits_name"]):
         raise _bad(where, "logits_name", m["logits_name"], "the name of the logits output")
     for key in ("ipc", "factor"):

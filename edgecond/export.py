@@ -66,6 +66,8 @@ __all__ = [
     "EXPORT_INFO_FILE",
     "INPUT_NAME",
     "LABEL_NAME",
+    "TARGETS_NAME",
+    "LOSSES",
     "LOGITS_NAME",
     "OPTIMIZERS",
 ]
@@ -83,6 +85,12 @@ INFERENCE_FILE = "inference.onnx"
 EXPORT_INFO_FILE = "export.json"
 INPUT_NAME = "input"
 LABEL_NAME = "labels"
+#: graph input of the soft-target loss (``ExportConfig.loss = "soft"``): float32 [B, num_classes]
+TARGETS_NAME = "targets"
+#: training losses: ``ce`` — cross-entropy over int64 class ids (input ``labels`` [B]);
+#: ``soft`` — cross-entropy against target distributions (input ``targets`` [B, L]: soft
+#: labels, CutMix-mixed or one-hot), ``-mean_b sum_l t[b, l] log_softmax(z)[b, l]``
+LOSSES = ("ce", "soft")
 LOGITS_NAME = "logits"
 OPTIMIZERS = ("sgd", "adamw")
 #: The IR version ORT 1.19 reads at most.
@@ -104,6 +112,8 @@ class ExportConfig:
         atol: absolute tolerance of the logit/loss/parameter comparisons.
         grad_rtol: tolerance of the gradient comparison, relative to each gradient's max-abs.
         check_lr: learning rate of the checked SGD step.
+        loss: ``"ce"`` (class ids) or ``"soft"`` (target distributions: soft labels and CutMix
+            reach a device; see :data:`LOSSES`).
     """
 
     batch_size: int = 32
@@ -115,6 +125,7 @@ class ExportConfig:
     atol: float = 1e-4
     grad_rtol: float = 1e-3
     check_lr: float = 0.05
+    loss: str = "ce"
 
     def validate(self) -> "ExportConfig":
         """Raise :class:`ConfigError` for values that cannot work; returns ``self``."""
@@ -127,6 +138,9 @@ class ExportConfig:
             raise ConfigError(f"optimizer={self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}.")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay={self.weight_decay}; expected a value >= 0.")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss={self.loss!r}; expected one of {', '.join(LOSSES)} ('soft' trains on "
+                              "target distributions: soft labels, CutMix).")
         return self
 
 
@@ -342,6 +356,36 @@ def check_inference(
 # --------------------------------------------------------------------------------------------
 
 
+def _soft_target_loss(onnxblock):
+    """An onnxblock loss: cross-entropy of the logits against a float32 ``targets`` [B, L] input,
+    ``-(1/B) sum_{b,l} t log_softmax(z)`` (= ``-L · mean(t · log_softmax(z))``), built from
+    LogSoftmax, Mul and ReduceMean (ops with ORT gradient builders)."""
+    import onnx
+
+    class SoftTargetCrossEntropy(onnxblock.Block):
+        def build(self, scores_name: str, targets_name: str = TARGETS_NAME) -> str:
+            g = self.base.graph
+            scores = next(o for o in g.output if o.name == scores_name)
+            if not any(i.name == targets_name for i in g.input):
+                t = copy.deepcopy(scores)
+                t.name = targets_name
+                t.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+                g.input.append(t)
+            width = scores.type.tensor_type.shape.dim[-1].dim_value
+            uid = f"edgecond_softce_{len(g.node)}"
+            scale = f"{uid}_scale"
+            g.initializer.append(onnx.numpy_helper.from_array(np.asarray(-float(width), np.float32), scale))
+            g.node.extend([
+                onnx.helper.make_node("LogSoftmax", [scores_name], [f"{uid}_logp"], axis=-1, name=f"{uid}_ls"),
+                onnx.helper.make_node("Mul", [f"{uid}_logp", targets_name], [f"{uid}_tl"], name=f"{uid}_mul"),
+                onnx.helper.make_node("ReduceMean", [f"{uid}_tl"], [f"{uid}_mean"], keepdims=0, name=f"{uid}_rm"),
+                onnx.helper.make_node("Mul", [f"{uid}_mean", scale], [f"{uid}_loss"], name=f"{uid}_neg"),
+            ])
+            return f"{uid}_loss"
+
+    return SoftTargetCrossEntropy()
+
+
 def _generate(onnx_path: Path, out_dir: Path, param_names: list[str], config: ExportConfig) -> None:
     import onnx
 
@@ -368,7 +412,8 @@ def _generate(onnx_path: Path, out_dir: Path, param_names: list[str], config: Ex
                 base,
                 requires_grad=list(param_names),
                 frozen_params=frozen,
-                loss=artifacts.LossType.CrossEntropyLoss,
+                loss=(_soft_target_loss(onnxblock) if config.loss == "soft"
+                      else artifacts.LossType.CrossEntropyLoss),
                 optimizer=optimizer,
                 artifact_directory=str(out_dir),
                 additional_output_names=[LOGITS_NAME],
@@ -420,12 +465,16 @@ def _check_training_step(
     g = torch.Generator().manual_seed(int(seed) + 1)
     x = torch.randn((config.batch_size, *shape), generator=g)
     y = torch.randint(0, num_classes, (config.batch_size,), generator=g)
+    if config.loss == "soft":  # random target distributions
+        y = torch.softmax(2.0 * torch.randn((config.batch_size, num_classes), generator=g), dim=1)
+    target = y.numpy().astype(np.float32) if config.loss == "soft" else y.numpy().astype(np.int64)
     params = dict(net.named_parameters())
 
     # torch: one step
     ref = copy.deepcopy(net).train()
     ref_params = dict(ref.named_parameters())
-    loss = nn.functional.cross_entropy(ref(x), y)
+    loss = (-(y * torch.log_softmax(ref(x), dim=1)).sum(1).mean() if config.loss == "soft"
+            else nn.functional.cross_entropy(ref(x), y))
     ref.zero_grad()
     loss.backward()
     grads = {n: p.grad.detach().numpy().copy() for n, p in ref_params.items()}
@@ -437,7 +486,7 @@ def _check_training_step(
     state, module, optimizer = _ort_training(out_dir, config.check_lr)
     fetches = C.OrtValueVector()
     module.lazy_reset_grad()
-    module.train_step([x.numpy(), y.numpy().astype(np.int64)], fetches)
+    module.train_step([x.numpy(), target], fetches)
     check.train_loss_ort = float(fetches[0].numpy())
     # relative to the largest gradient of the model: some gradients are zero in exact arithmetic
     # (a conv bias followed by instance norm) and only rounding noise in both frameworks
@@ -454,7 +503,7 @@ def _check_training_step(
         )
     # eval model logits with the initial weights would need a fresh state: compare after the step
     fetches = C.OrtValueVector()
-    module.eval_step([x.numpy(), y.numpy().astype(np.int64)], fetches)
+    module.eval_step([x.numpy(), target], fetches)
     stepped = copy.deepcopy(net)
     with torch.no_grad():
         for n, p in stepped.named_parameters():
@@ -586,7 +635,8 @@ def _exportable_logits_model(model: nn.Module, shape: tuple[int, int, int], num_
 def _write_export_info(out: Path, result: ExportResult) -> None:
     """``export.json``: the result plus the format, the graph's tensor names and the tool versions."""
     info = result.to_dict()
-    info.update(format="edgecond-export", version=1, input_name=INPUT_NAME, label_name=LABEL_NAME,
+    info.update(format="edgecond-export", version=1, input_name=INPUT_NAME,
+                label_name=TARGETS_NAME if config.loss == "soft" else LABEL_NAME, loss=config.loss,
                 logits_name=LOGITS_NAME, versions=_versions())
     (out / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 

@@ -59,6 +59,7 @@ __all__ = [
     "real_recipe",
     "augment_batch",
     "cutmix_batch",
+    "cutmix_images",
     "targets_of",
     "recipe_batches",
     "with_flips",
@@ -381,6 +382,15 @@ def cutmix_batch(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, *, beta
                  ) -> tuple[np.ndarray, np.ndarray]:
     """CutMix on a batch with target distributions ``t`` [B, L]: a box of a shuffled batch is
     pasted in and the targets are mixed by the pasted area (``edgecond.augment.cutmix``'s rule)."""
+    out, perm, lam = cutmix_images(x, rng, beta=beta)
+    return out, (lam * t + (1.0 - lam) * t[perm]).astype(np.float32)
+
+
+def cutmix_images(x: np.ndarray, rng: np.random.Generator, *, beta: float = 1.0
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The image half of :func:`cutmix_batch`: ``(images, perm, lam)`` — the targets of image
+    ``i`` are ``lam · t[i] + (1 - lam) · t[perm[i]]`` (a trainer whose loss takes class ids mixes
+    two losses by ``lam``)."""
     b, _, h, w = x.shape
     lam = float(rng.beta(beta, beta))
     perm = rng.permutation(b)
@@ -392,7 +402,7 @@ def cutmix_batch(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, *, beta
     out = x.copy()
     out[:, :, y1:y2, x1:x2] = x[perm][:, :, y1:y2, x1:x2]
     lam = 1.0 - (y2 - y1) * (x2 - x1) / float(h * w)
-    return out, (lam * t + (1.0 - lam) * t[perm]).astype(np.float32)
+    return out, perm, float(lam)
 
 
 def targets_of(y: np.ndarray, num_classes: int, soft: np.ndarray | None = None, *,

@@ -126,3 +126,63 @@ def test_soft_label_plugin_trains_beside_replay():
         for exp in _stream().train_stream:
             strategy.train(exp)
     assert len(policy.buffer) <= 8 and policy.counts
+
+
+def test_recipe_plugin_trains_avalanche_random_exemplars_by_the_recipe(monkeypatch):
+    """Fairness (issue 15): Avalanche's own random-exemplar buffer trains under the same recipe
+    as a condensed memory — every training batch goes through augment_batch with the recipe,
+    and CutMix batches mix the loss of both label sets (dropping either fails)."""
+    from avalanche.training import Naive
+    from avalanche.training.plugins import ReplayPlugin
+    from avalanche.training.storage_policy import ParametricBuffer, RandomExemplarsSelectionStrategy
+
+    from clients.avalanche_replay import GDumbStylePlugin, RecipePlugin
+
+    calls = _spy_aug(monkeypatch)
+    mixed = Recipe(augment="crop_cutout", flips=False, cutmix_prob=1.0)
+    policy = ParametricBuffer(8, groupby="class", selection_strategy=RandomExemplarsSelectionStrategy())
+    plugin = RecipePlugin(mixed, seed=0)
+    seen = []
+
+    def criterion(out, y):
+        seen.append(y.clone())
+        return torch.nn.functional.cross_entropy(out, y)
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), criterion=criterion,
+                     train_mb_size=4, train_epochs=1, evaluator=None,
+                     plugins=[GDumbStylePlugin(policy), plugin])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for exp in _stream().train_stream:
+            strategy.train(exp)
+    assert plugin.batches > 0 and len(calls) == plugin.batches and all(c == mixed for c in calls)
+    assert plugin.cutmixed == plugin.batches  # cutmix_prob 1: every batch mixed
+    assert len(seen) == 2 * plugin.batches  # lam * CE(y) + (1 - lam) * CE(y[perm]) per step
+    assert strategy._criterion is criterion  # restored after training
+    with pytest.raises(Exception, match="Recipe"):
+        RecipePlugin("crop")
+    _ = ReplayPlugin  # the same plugin works beside ReplayPlugin (benchmarks/continual.py)
+
+
+def test_continual_benchmark_trains_every_arm_by_one_shared_recipe():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "continual.py"
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bench_continual_i15", path)
+    cont = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cont  # its dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(cont)
+    finally:
+        del sys.modules[spec.name]
+    a, b = _buffer(), _buffer(classes=(4, 5, 6, 7))
+    assert cont.shared_recipe({"mdc": [a], "herding": [b]}, flips=False) == RECIPE
+    other = _buffer(recipe=Recipe(augment="crop", flips=False))
+    with pytest.raises(Exception, match="different training recipes"):
+        cont.shared_recipe({"mdc": [a], "herding": [other]}, flips=False)
+    assert set(cont.ARMS) <= set(cont.default_arms())
+    assert all(m not in cont.extra_arms() for m in ("random", "herding", "idc", "idm", "dm"))

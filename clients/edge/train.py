@@ -26,11 +26,16 @@ augmentation — the DSA ops, strength and flip policy the buffer was evaluated 
 normalised images, with the same function as the Flower and Avalanche clients
 (:func:`edgecond.recipe.augment_batch`). Slices without a recipe (older buffers) get the
 manifest's own: random crop after zero padding by ``crop_pad`` pixels and, where the manifest
-enables it, horizontal flip (per image, pixel space). Two parts of a recipe do not reach a
-phone: **CutMix** and **soft labels** need a loss over target distributions, and the ONNX
-Runtime training artifacts (``edgecond.export``) are built with a cross-entropy over class ids
-(int64 labels). The trainer then trains on the stored class ids and says so in ``metrics.json``
-(``recipe.cutmix`` / ``recipe.soft_labels``); a soft-target artifact is future work.
+enables it, horizontal flip (per image, pixel space).
+
+**Soft labels and CutMix** need a loss over target distributions. A bundle whose manifest says
+``"loss": "soft"`` (``edgecond deploy`` exports that by default when the buffer has soft
+labels; :data:`edgecond.export.LOSSES`) has artifacts whose second input is ``targets`` float32
+[B, num_classes]: the trainer feeds the buffer's soft labels (:func:`edgecond.recipe.targets_of`:
+softmax of the stored logits at the recipe's temperature; one-hot where a buffer has none) and
+applies the recipe's CutMix (:func:`edgecond.recipe.cutmix_batch`). With ``"loss": "ce"``
+(class ids, older bundles) it trains on the stored class ids and says in ``metrics.json`` that
+soft labels / CutMix were not used.
 
 **Torch never loads.** On a dev machine with torch installed, importing ``onnxruntime`` runs its
 package check, which imports ``onnxruntime.training.ortmodule`` and with it torch (≈1-2 s and a
@@ -65,6 +70,8 @@ __all__ = [
     "lr_at",
     "normalize",
     "load_training_arrays",
+    "load_targets",
+    "load_prefix",
     "load_eval_arrays",
     "peak_rss_bytes",
     "main",
@@ -160,12 +167,27 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, *, crop_pad: int, fli
     return out
 
 
+def load_prefix(bundle: dict[str, Any], buf=None):
+    """The bundle's buffer slice as every client reads a prefix
+    (:func:`edgecond.prefix.prefix_arrays`: images, labels, targets over the manifest's
+    ``num_classes``, normalisation, recipe). Its normalisation must be the manifest's."""
+    from edgecond.prefix import prefix_arrays
+
+    buf = _bundle_buffer(bundle) if buf is None else buf
+    p = prefix_arrays(buf, num_classes=int(bundle["num_classes"]),
+                      flips=bool(bundle["training"]["augment"].get("flip", False)))
+    for key in ("mean", "std"):
+        if not np.allclose(getattr(p, key), bundle[key], rtol=1e-6, atol=1e-7):
+            raise ConfigError(f"bundle {bundle['dir']}: the manifest's {key} {bundle[key]} differs from its buffer's "
+                              f"{list(getattr(p, key))}; re-create the bundle with `edgecond deploy`.")
+    return p
+
+
 def load_training_arrays(bundle: dict[str, Any], buf=None) -> tuple[np.ndarray, np.ndarray]:
     """The bundle's buffer slice decoded for training: x float32 [M, C, H, W] pixel, y int64 [M].
     ``buf``: the slice already read by :func:`_bundle_buffer` (read here when omitted)."""
-    buf = _bundle_buffer(bundle) if buf is None else buf
-    x, y = buf.training_arrays()
-    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    p = load_prefix(bundle, buf)
+    return p.x, p.y
 
 
 def _check_buffer_fits_manifest(buf, bundle: dict[str, Any]) -> None:
@@ -373,15 +395,18 @@ class _Session:
             os.replace(t_inf, inference)
 
 
-def _evaluate(session: _Session, x: np.ndarray, y: np.ndarray, batch: int, mean, std) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy on (x, y), padded fixed-size batches."""
+def _evaluate(session: _Session, x: np.ndarray, y: np.ndarray, batch: int, mean, std,
+              num_classes: int | None = None) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy on (x, y), padded fixed-size batches (``num_classes``:
+    soft-target artifacts, fed one-hot targets)."""
     n = len(x)
     correct, loss_sum = 0, 0.0
     for start in range(0, n, batch):
         idx = np.arange(start, min(start + batch, n))
         real = len(idx)
         idx = np.concatenate([idx, np.full(batch - real, idx[0])]) if real < batch else idx
-        logits = session.logits(normalize(x[idx], mean, std), y[idx])[:real].astype(np.float64)
+        lab = y[idx] if num_classes is None else np.eye(num_classes, dtype=np.float32)[y[idx]]
+        logits = session.logits(normalize(x[idx], mean, std), lab)[:real].astype(np.float64)
         target = y[idx][:real]
         z = logits - logits.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -411,16 +436,20 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
     batch = int(bundle["batch_size"])
 
     buf = _bundle_buffer(bundle)  # read and verified once
-    x, y = load_training_arrays(bundle, buf)
+    prefix = load_prefix(bundle, buf)
+    x, y = prefix.x, prefix.y
+    soft_loss = bundle.get("loss", "ce") == "soft"
     _check_batch_memory(x.shape, batch, crop_pad)
     held_out = load_eval_arrays(bundle)
     recipe = bundle_recipe(bundle, buf) if do_aug else None
     has_soft = buf.has_soft_labels
+    targets = load_targets(bundle, buf, prefix) if soft_loss else None
     session = _Session(bundle, config.threads)
     rng = np.random.default_rng(int(config.seed))
 
     losses: list[float] = []
     step_times: list[float] = []
+    cutmixed = 0
     t_train = time.perf_counter()
     for epoch in range(epochs):
         session.set_lr(lr_at(epoch, epochs, base_lr, schedule))
@@ -435,8 +464,16 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
                 if do_aug:
                     xb = augment_batch(xb, rng, crop_pad=crop_pad, flip=flip)
                 xb = normalize(xb, mean, std)
+            yb = y[idx]
+            if targets is not None:  # soft-target artifacts: distributions, CutMix by the recipe
+                yb = targets[idx]
+                if recipe is not None and recipe.cutmix_prob > 0 and rng.random() < recipe.cutmix_prob:
+                    from edgecond import recipe as _recipe
+
+                    xb, yb = _recipe.cutmix_batch(xb, yb, rng)
+                    cutmixed += 1
             t0 = time.perf_counter()
-            loss = session.train_step(xb, y[idx])
+            loss = session.train_step(np.ascontiguousarray(xb, dtype=np.float32), yb)
             step_times.append(time.perf_counter() - t0)
             if not math.isfinite(loss):
                 raise ConfigError(f"training became non-finite (loss {loss}) at epoch {epoch + 1}, step "
@@ -450,7 +487,8 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
 
     accuracy = eval_loss = None
     if held_out is not None:
-        accuracy, eval_loss = _evaluate(session, held_out[0], held_out[1], batch, mean, std)
+        accuracy, eval_loss = _evaluate(session, held_out[0], held_out[1], batch, mean, std,
+                                        num_classes=int(bundle["num_classes"]) if soft_loss else None)
     files: dict[str, str] = {}
     if config.save:
         d = bundle["dir"]
@@ -474,12 +512,16 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
         "schedule": schedule,
         "optimizer": training.get("optimizer"),
         "augment": {"enabled": do_aug, "crop_pad": crop_pad, "flip": flip},
+        "loss": "soft" if soft_loss else "ce",
         "recipe": None if recipe is None else {
             **recipe.to_json(),
-            "cutmix": "not applied: the ORT artifacts' loss takes class ids" if recipe.cutmix_prob else "off",
+            "cutmix": ("off" if not recipe.cutmix_prob else
+                       f"applied to {cutmixed} of {len(step_times)} batches" if soft_loss else
+                       "not applied: the ORT artifacts' loss takes class ids"),
         },
-        "soft_labels": ("not used: the ORT artifacts' loss takes class ids (trained on the stored labels)"
-                        if has_soft else None),
+        "soft_labels": (None if not has_soft else
+                        "used: soft-target loss on the buffer's soft labels" if soft_loss else
+                        "not used: the ORT artifacts' loss takes class ids (trained on the stored labels)"),
         "seed": int(config.seed),
         "threads": config.threads,
         # the first step builds ORT's execution plan: reported apart, not in the mean
@@ -496,6 +538,19 @@ def train_bundle(bundle_dir: str | os.PathLike, config: EdgeTrainConfig | None =
     }
     write_file_atomic(bundle["dir"] / METRICS_FILE, (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics
+
+
+def load_targets(bundle: dict[str, Any], buf=None, prefix=None) -> np.ndarray:
+    """Target distributions [M, num_classes] of the slice for soft-target artifacts: the
+    buffer's soft labels (softmax of the stored logits at the recipe's temperature) in training
+    order, or one-hot labels when the buffer has none (:func:`load_prefix`)."""
+    p = load_prefix(bundle, buf) if prefix is None else prefix
+    k = int(bundle["num_classes"])
+    t, y = p.targets, p.y
+    if t.shape != (len(y), k):
+        raise ConfigError(f"bundle {bundle['dir']}: the buffer's soft labels have {t.shape[1]} entries per image, "
+                          f"the model {k} outputs; re-create the bundle with `edgecond deploy`.")
+    return np.ascontiguousarray(t, dtype=np.float32)
 
 
 def _check_batch_memory(shape: tuple[int, ...], batch: int, crop_pad: int) -> None:
