@@ -33,10 +33,10 @@ Once::
 (the CIFAR-10 pickles are the ones ``reference_parity.py prepare`` wrote, ``--data-dir``). Then::
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/reference_parity_methods.py run --method mdc \\
-        --ref-dir /work/ref/mdc --outer 3 --inner 10 --seeds 1 --eval-seeds 0,1,2 \\
+        --ref-dir /work/ref/mdc --outer 2 --inner 5 --seeds 1 --eval-seeds 0,1,2 \\
         --out benchmarks/results/reference_parity-cifar10-mdc-ipc2
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/reference_parity_methods.py run --method idm \\
-        --ref-dir /work/ref/idm --budget 20 --seeds 1 --eval-seeds 0,1,2 \\
+        --ref-dir /work/ref/idm --budget 2 --seeds 1 --eval-seeds 0,1,2 \\
         --out benchmarks/results/reference_parity-cifar10-idm-ipc1
 
 ``OUT/records.jsonl`` holds every finished step (a rerun skips what is done); ``OUT/reference_parity.json``
@@ -373,7 +373,13 @@ def run(args) -> None:
     imgs = work / "images"
     records = out / "records.jsonl"
     done = rp._done(records)
-    ds = load_dataset(args.dataset)
+    _ds: list = []
+
+    def dataset():  # loaded only by the steps that need it (a CIFAR-10 copy is ~1.2 GB)
+        if not _ds:
+            _ds.append(load_dataset(args.dataset))
+        return _ds[0]
+
     arms = [a.strip() for a in args.arms.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
@@ -384,7 +390,7 @@ def run(args) -> None:
         if args.method == "mdc":
             _sub(args, "_ref-init", "--file", str(init_file), "--work", str(work / "ref-init"))
         else:
-            _ec_init_idm(ds, init_file)
+            _ec_init_idm(dataset(), init_file)
     init = rp._load_images(init_file)
 
     def evaluate(arm: str, s: int, f: Path, ev: str, es: int) -> None:
@@ -394,7 +400,7 @@ def run(args) -> None:
             return
         t0, c0 = time.perf_counter(), time.process_time()
         if ev == "edgecond":
-            acc = rp._ec_eval(ds, f, es, args.eval_epochs)
+            acc = rp._ec_eval(dataset(), f, es, args.eval_epochs)
             cpu = round(time.process_time() - c0, 1)
         else:
             res = work / "evals" / f"{key.replace('/', '_')}.json"
@@ -408,7 +414,7 @@ def run(args) -> None:
                "cpu_seconds": cpu, "eval_epochs": args.eval_epochs}
         rp._append(records, rec)
         done[key] = rec
-        report(out, args.method, quiet=True)
+        report(out, args.method, quiet=True, work=work)
 
     # condense every arm first, then evaluate eval-seed-major (every arm under every evaluator
     # for eval seed 0, then 1, ...), so a run cut short still has balanced rows
@@ -430,10 +436,10 @@ def run(args) -> None:
                          "--work", str(work / f"ref-run-s{s}"), *extra)
                     cpu = None  # a subprocess: wall seconds only
                 elif args.method == "mdc":
-                    meta = _ec_condense_mdc(ds, args.ipc, args.inner, args.outer, s, init_file, f)
+                    meta = _ec_condense_mdc(dataset(), args.ipc, args.inner, args.outer, s, init_file, f)
                     cpu = round(time.process_time() - c0, 1)
                 else:
-                    meta = _ec_condense_idm(ds, args.budget, args.batch_real, s, init_file, f)
+                    meta = _ec_condense_idm(dataset(), args.budget, args.batch_real, s, init_file, f)
                     cpu = round(time.process_time() - c0, 1)
                 x = rp._load_images(f)
                 rec = {"key": key, "kind": "condense", "method": args.method, "arm": arm, "budget": budget,
@@ -447,7 +453,7 @@ def run(args) -> None:
         for ev in evaluators:
             for arm, s, f in results:
                 evaluate(arm, s, f, ev, es)
-    report(out, args.method)
+    report(out, args.method, work=work)
 
 
 TITLES = {
@@ -456,7 +462,28 @@ TITLES = {
 }
 
 
-def report(out: Path, method: str, quiet: bool = False) -> None:
+def _displacements(work: Path, cond: list[dict]) -> list[dict]:
+    """Per condensation seed: how far and in which direction each code moved the images from the
+    shared initialisation (unclamped values; the cosine of the two displacement fields)."""
+    imgs = Path(work) / "images"
+    init_file = imgs / "init.safetensors"
+    out = []
+    for r in cond:
+        if r["arm"] != "ref":
+            continue
+        fr = imgs / f"ref-b{r['budget']}-s{r['seed']}.safetensors"
+        fe = imgs / f"ec-b{r['budget']}-s{r['seed']}.safetensors"
+        if not (init_file.is_file() and fr.is_file() and fe.is_file()):
+            continue
+        init = rp._load_images(init_file)
+        dr, de = (rp._load_images(fr) - init).flatten(), (rp._load_images(fe) - init).flatten()
+        out.append({"seed": r["seed"], "budget": r["budget"], "dpix_ref": float(dr.abs().mean()),
+                    "dpix_ec": float(de.abs().mean()), "norm_ratio": float(de.norm() / dr.norm().clamp_min(1e-12)),
+                    "cosine": float((dr @ de) / (dr.norm() * de.norm()).clamp_min(1e-12))})
+    return out
+
+
+def report(out: Path, method: str, quiet: bool = False, work: Path | None = None) -> None:
     recs = list(rp._done(out / "records.jsonl").values())
     cond = [r for r in recs if r["kind"] == "condense"]
     rows = []
@@ -474,7 +501,9 @@ def report(out: Path, method: str, quiet: bool = False) -> None:
                          "dpix": float(np.mean([r["dpix"] for r in cs])) if cs else None,
                          "condense_seconds": float(np.mean([r["seconds"] for r in cs])) if cs else None,
                          "eval_seconds": float(np.mean([r["seconds"] for r in rs]))})
-    (out / "reference_parity.json").write_text(json.dumps({"method": method, "rows": rows, "records": recs}, indent=1))
+    moves = _displacements(work, cond) if work is not None else []
+    (out / "reference_parity.json").write_text(json.dumps({"method": method, "rows": rows, "displacements": moves,
+                                                           "records": recs}, indent=1))
     base = {r["evaluator"]: r["mean"] for r in rows if r["arm"] == "init"}
     lines = ["| evaluator | arm | budget | seeds (cond × eval) | accuracy % | Δ vs init | mean abs Δpixel | condense s | eval s |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -484,9 +513,14 @@ def report(out: Path, method: str, quiet: bool = False) -> None:
         secs = "" if r["condense_seconds"] is None else f"{r['condense_seconds']:.0f}"
         lines.append(f"| {r['evaluator']} | {r['arm']} | {r['budget']} | {r['condense_seeds']} × {r['eval_seeds']} | "
                      f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {gain} | {dpix} | {secs} | {r['eval_seconds']:.0f} |")
+    mv = ["| seed | budget | mean abs Δpixel ref | mean abs Δpixel ec | ‖Δec‖/‖Δref‖ | cos(Δref, Δec) |",
+          "|---:|---:|---:|---:|---:|---:|"]
+    mv += [f"| {m['seed']} | {m['budget']} | {m['dpix_ref']:.5f} | {m['dpix_ec']:.5f} | {m['norm_ratio']:.3f} | "
+           f"{m['cosine']:.3f} |" for m in moves]
     (out / "reference_parity.md").write_text(
         f"# Reference parity: {TITLES[method]} (see benchmarks/reference_parity_methods.py)\n\n"
-        + "\n".join(lines) + "\n")
+        + "\n".join(lines) + "\n\n## Image movement from the shared initial images (unclamped)\n\n"
+        + "\n".join(mv) + "\n")
     if not quiet:
         print("\n".join(lines))
 
@@ -532,7 +566,7 @@ def main(argv=None) -> None:
     if a.mode == "run":
         return run(a)
     if a.mode == "report":
-        return report(Path(a.out), a.method)
+        return report(Path(a.out), a.method, work=Path(a.work))
     import torch
 
     torch.set_num_threads(a.threads)
