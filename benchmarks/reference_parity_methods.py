@@ -36,7 +36,7 @@ Once::
         --ref-dir /work/ref/mdc --outer 2 --inner 5 --seeds 1 --eval-seeds 0,1,2 \\
         --out benchmarks/results/reference_parity-cifar10-mdc-ipc2
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/reference_parity_methods.py run --method idm \\
-        --ref-dir /work/ref/idm --budget 2 --seeds 1 --eval-seeds 0,1,2 \\
+        --ref-dir /work/ref/idm --budget 10 --seeds 1 --eval-seeds 0,1,2 \\
         --out benchmarks/results/reference_parity-cifar10-idm-ipc1
 
 ``OUT/records.jsonl`` holds every finished step (a rerun skips what is done); ``OUT/reference_parity.json``
@@ -534,9 +534,9 @@ def main(argv=None) -> None:
                    help="holds cifar-10-batches-py (written by reference_parity.py prepare)")
     p.add_argument("--dataset", default="imagefolder:/work/data/cifar10")
     p.add_argument("--ipc", type=int, default=2, help="mdc: stored images per class (>= 2)")
-    p.add_argument("--outer", type=int, default=3, help="mdc: outer iterations")
-    p.add_argument("--inner", type=int, default=10, help="mdc: inner steps per outer iteration")
-    p.add_argument("--budget", type=int, default=20, help="idm: image updates")
+    p.add_argument("--outer", type=int, default=2, help="mdc: outer iterations")
+    p.add_argument("--inner", type=int, default=5, help="mdc: inner steps per outer iteration")
+    p.add_argument("--budget", type=int, default=10, help="idm: image updates")
     p.add_argument("--batch-real", type=int, default=256, help="idm: real images per class per update")
     p.add_argument("--seeds", default="1")
     p.add_argument("--eval-seeds", default="0,1,2")
