@@ -1018,6 +1018,7 @@ class MultisizeBuffer:
         soft_label_kind: str = "logits",
         extra: Mapping[str, Any] | None = None,
         accuracy: Any = None,
+        soft_label_dtype: str = "float32",
         recipe: Any = None,
         coefficients: Any = None,
         coefficient_dtype: str = "float16",
@@ -1027,7 +1028,7 @@ class MultisizeBuffer:
         ``images[k, r]`` is the rank-``r`` image of class slot ``k`` (rank 0 = the most important).
         ``labels``: class id of each slot (default ``0..K-1``); ``class_names``: one per slot.
         ``soft_labels``: ``[K, N, factor², L]`` (or ``[K, N, L]`` when ``factor == 1``), stored
-        float32, kind ``"logits"`` or ``"probs"``. Float images are clipped to ``[0, 1]``.
+        ``soft_label_dtype`` (float32 | float16), kind ``"logits"`` or ``"probs"``. Float images are clipped to ``[0, 1]``.
         ``recipe``: an :class:`edgecond.recipe.Recipe` (essential key ``recipe``), or None.
         ``coefficients``: ``[K, N, M]`` (``M >= N``) makes a slimmable (SDC, formation ``sdc/1``)
         buffer: ``images`` are then the component codes in ``[0, 1]`` (spec §5.1), stored with
@@ -1094,8 +1095,14 @@ class MultisizeBuffer:
                 raise ConfigError("soft_labels contain NaN or infinite values.")
             if soft_label_kind not in _SOFT_KINDS:
                 raise ConfigError(f"soft_label_kind must be one of {list(_SOFT_KINDS)}, got {soft_label_kind!r}.")
-            arrays["soft_labels"] = np.ascontiguousarray(s.transpose(1, 0, 2, 3)).astype("<f4")
-            specs.append(TensorSpec("soft_labels", "F32", tuple(int(v) for v in s.shape[:1] + s.shape[2:])))
+            if soft_label_dtype not in ("float16", "float32"):
+                raise ConfigError(f"soft_label_dtype must be 'float16' or 'float32', got {soft_label_dtype!r}.")
+            half = soft_label_dtype == "float16"
+            if half and not np.isfinite(s.astype("<f2")).all():
+                raise ConfigError("soft_labels overflow float16; pass soft_label_dtype='float32'.")
+            arrays["soft_labels"] = np.ascontiguousarray(s.transpose(1, 0, 2, 3)).astype("<f2" if half else "<f4")
+            specs.append(TensorSpec("soft_labels", "F16" if half else "F32",
+                                    tuple(int(v) for v in s.shape[:1] + s.shape[2:])))
             md["soft"] = _canonical({"kind": soft_label_kind})
         if accuracy is not None:
             md["accuracy"] = _canonical(_normalize_accuracy(accuracy))

@@ -524,8 +524,10 @@ def condense(
         pixels = init_images.clamp(0, 1)
     else:
         seed0 = config.seed if config.init_seed is None else config.init_seed
-        pixels = initial_images(dataset, config.ipc, config.factor, seed=seed0,
-                                offset=config.init_offset, init=config.init)
+        select = getattr(cls, "select_initial", None) if config.init == "real" else None  # a method's own (EDC)
+        pixels = (select(dataset, config, mcfg, seed=seed0, device=dev).cpu() if select is not None else
+                  initial_images(dataset, config.ipc, config.factor, seed=seed0,
+                                 offset=config.init_offset, init=config.init))
     real = RealData(dataset, dev)
     gen = make_generator(int(config.seed) + 1_000_003)  # CPU: indices, aug draws, model seeds
     make_syn = getattr(cls, "synthetic_set", None)  # a method's own parameterisation (sdc)
@@ -539,6 +541,8 @@ def condense(
     after_step = getattr(hooks, "after_step", None)  # optional extension (MDC): restore frozen ranks
     if make_syn is not None:  # sdc: Adam over all factors (U, Σ, V have different scales)
         opt = torch.optim.Adam(list(syn.parameters()), lr=float(getattr(mcfg, "lr", config.lr_img)))
+    elif hasattr(cls, "image_optimizer"):  # a method's own image optimiser (EDC: Adam)
+        opt = cls.image_optimizer([syn.images], config, mcfg)
     else:
         opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
     grad_scale = image_grad_scale(config, syn)
@@ -667,4 +671,7 @@ def condense(
         buf = sdc_buffer(syn, dataset, config, extra)
     else:
         buf = _make_buffer(images, dataset, config, extra)
+    finalize = getattr(matcher, "finalize_buffer", None)  # optional: e.g. EDC's soft labels
+    if finalize is not None:
+        buf = finalize(buf, dataset)
     return CondenseResult(buf, history, seconds, spi, images, config)
