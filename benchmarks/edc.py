@@ -49,6 +49,9 @@ def main(argv=None) -> int:
     p.add_argument("--observer-epochs", type=int, default=None, help="override the EDC preset's observer epochs")
     p.add_argument("--cache-dir", default=None, help="observer cache (default: the library's)")
     p.add_argument("--out", required=True)
+    p.add_argument("--buffers", default=None, help="buffer folder (default OUT/buffers): share one between runs")
+    p.add_argument("--wait-buffers", action="store_true",
+                   help="wait for another run to write a missing buffer instead of condensing it")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
     set_cpu_threads(args.threads)
     ds = load_dataset(args.dataset)
     out = Path(args.out)
-    (out / "buffers").mkdir(parents=True, exist_ok=True)
+    bufdir = Path(args.buffers) if args.buffers else out / "buffers"
+    bufdir.mkdir(parents=True, exist_ok=True)
     tag = args.dataset.replace(":", "-").replace("/", "-").strip("-")
     seeds = list(range(args.seeds))
     over = json.loads(args.condense)
@@ -94,7 +98,9 @@ def main(argv=None) -> int:
 
     for ipc in [int(v) for v in args.ipcs.split(",")]:
         for method in args.methods.split(","):
-            path = out / "buffers" / f"{tag}-{method}-ipc{ipc}.safetensors"
+            path = bufdir / f"{tag}-{method}-ipc{ipc}.safetensors"
+            while args.wait_buffers and not path.exists():
+                time.sleep(10)
             cond = report.setdefault("condense", {}).setdefault(f"{method}/{ipc}", {})
             if path.exists():
                 buf = MultisizeBuffer.load(path)
