@@ -53,7 +53,10 @@ def main(argv=None) -> int:
     p.add_argument("--wait-buffers", action="store_true",
                    help="wait for another run to write a missing buffer instead of condensing it")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge these reports into OUT (no runs)")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out), args.buffers)
 
     import torch
 
@@ -141,6 +144,35 @@ def main(argv=None) -> int:
     return 0
 
 
+def merge(paths, out: Path, buffers: str | None) -> int:
+    """One report from several runs (e.g. the classic rows and the EDC-protocol rows run side by
+    side on one buffer folder); adds the lean slice bytes (no provenance keys) of every buffer."""
+    from edgecond.buffer import MultisizeBuffer
+
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(reports[0])
+    merged["results"], merged["condense"] = [], {}
+    for r in reports:
+        merged["results"] += r["results"]
+        for k, v in r.get("condense", {}).items():
+            merged["condense"].setdefault(k, {}).update(v)
+        merged["protocols"] = {**merged.get("protocols", {}), **r.get("protocols", {})}
+    tag = merged["dataset"].replace(":", "-").replace("/", "-").strip("-")
+    bufdir = Path(buffers) if buffers else out / "buffers"
+    for key, c in merged["condense"].items():
+        method, ipc = key.split("/")
+        path = bufdir / f"{tag}-{method}-ipc{ipc}.safetensors"
+        if path.exists():
+            buf = MultisizeBuffer.load(path)
+            spec = [t for t in buf.meta.tensors if t.name == "soft_labels"]
+            c["lean_bytes_plain"] = buf.bytes_for(int(ipc), provenance=False) - (
+                int(ipc) * spec[0].rank_bytes if spec else 0)
+            c["soft_label_bytes"] = int(ipc) * buf.num_classes * buf.factor ** 2 * buf.num_classes * 2
+    (out / f"edc-{tag}.json").write_text(json.dumps(merged, indent=1))
+    (out / f"edc-{tag}.md").write_text(markdown(merged))
+    return 0
+
+
 def markdown(report: dict) -> str:
     res = report["results"]
     ipcs = sorted({r["ipc"] for r in res})
@@ -152,10 +184,13 @@ def markdown(report: dict) -> str:
              "EMA 0.99 (protocols.py). hard = class ids; stored = the buffer's float16 teacher logits; online = "
              "the teacher labels every augmented batch.", ""]
     obs = ", ".join(f"{o['model']} ({o['epochs']} ep, test {100 * o['test_accuracy']:.2f} %)" for o in report["observers"])
-    lines += [f"Teacher (all methods' soft labels, online labels): {obs}.", ""]
+    lines += [f"Teacher (all methods' soft labels, online labels): {obs}.",
+              "Bytes: exact slice files with provenance metadata (`bytes_for(N)`); the soft labels themselves "
+              "cost N·K·f²·K·2 bytes (float16).", ""]
     for ipc in ipcs:
         lines += [f"IPC {ipc}", "", "| method | " + " | ".join(f"{p}/{lab}" for p, lab in cols) +
-                  " | bytes (hard) | bytes (+soft) | condense s |", "|---|" + "---:|" * (len(cols) + 3)]
+                  " | bytes (hard) | bytes (+soft) | soft-label bytes | condense s |",
+                  "|---|" + "---:|" * (len(cols) + 4)]
         for m in methods:
             cells = []
             for p, lab in cols:
@@ -163,7 +198,7 @@ def markdown(report: dict) -> str:
                 cells.append(f"{100 * hit[0]['mean']:.2f} ± {100 * hit[0]['std']:.2f}" if hit else "—")
             c = report.get("condense", {}).get(f"{m}/{ipc}", {})
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {c.get('bytes_plain', '—')} | {c.get('bytes_soft', '—')} | "
-                         f"{c.get('seconds', '—')} |")
+                         f"{c.get('soft_label_bytes', '—')} | {c.get('seconds', '—')} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
