@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+# observers (EDC's teachers) trained by tests are cached in a throw-away folder, never in ~/.cache
+os.environ["EDGECOND_CACHE"] = tempfile.mkdtemp(prefix="edgecond-test-cache-")
 
 
 @pytest.fixture(autouse=True)
