@@ -168,6 +168,7 @@ def merge(paths, out: Path, buffers: str | None) -> int:
             c["lean_bytes_plain"] = buf.bytes_for(int(ipc), provenance=False) - (
                 int(ipc) * spec[0].rank_bytes if spec else 0)
             c["soft_label_bytes"] = int(ipc) * buf.num_classes * buf.factor ** 2 * buf.num_classes * 2
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"edc-{tag}.json").write_text(json.dumps(merged, indent=1))
     (out / f"edc-{tag}.md").write_text(markdown(merged))
     return 0
