@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgecond.commands.buffer",     # info, slice
     "edgecond.commands.show",       # show (image grid PNG)
     "edgecond.commands.export",     # export, deploy
+    "edgecond.commands.edc",        # observers train, evaluate-edc
 )
 
 

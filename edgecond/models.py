@@ -1,4 +1,4 @@
-"""Model registry: ConvNet (depth/width/norm configurable), ConvNet-BN, ResNet-AP10, MLP.
+"""Model registry: ConvNet (depth/width/norm configurable), ConvNet-BN, ResNet-AP10, ResNet-18, MLP.
 
 Every model exposes ``embed(x) -> [B, D]`` (penultimate features, flattened) and ``classifier``
 (the final :class:`torch.nn.Linear`), with ``forward(x) == classifier(embed(x))``. Inputs are
@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .registry import Registry
 from .utils import seeded
 
-__all__ = ["MODELS", "register_model", "build_model", "list_models", "ConvNet", "ResNetAP", "MLP", "make_norm"]
+__all__ = ["MODELS", "register_model", "build_model", "list_models", "ConvNet", "ResNetAP", "ResNet18", "MLP", "make_norm"]
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry(
     "model", hint="Register your own with @edgecond.models.register_model('name')."
@@ -246,3 +246,58 @@ class MLP(_EmbedModel):
 @register_model("mlp")
 def _mlp(image_shape, num_classes, **kwargs) -> MLP:
     return MLP(image_shape, num_classes, **kwargs)
+
+
+class _BasicBlock(nn.Module):
+    """ResNet basic block (two 3×3 convs + BN, strided first conv when down-sampling)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.n1 = make_norm(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.n2 = make_norm(norm, cout)
+        self.short: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), make_norm(norm, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.n1(self.conv1(x)))
+        return torch.relu(self.n2(self.conv2(out)) + self.short(x))
+
+
+class ResNet18(_EmbedModel):
+    """ResNet-18 for small images (the CIFAR variant EDC's CIFAR observers use): 3×3 stem, no
+    max-pool, 4 stages × 2 basic blocks (widths w, 2w, 4w, 8w; stages 2-4 stride 2 while the map
+    is >= 2×2), global average pool, linear head. BatchNorm by default."""
+
+    def __init__(self, image_shape: Sequence[int], num_classes: int, *, width: int = 64,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        c, h, w = (int(s) for s in image_shape)
+        if norm not in NORMS:
+            raise ConfigError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}.")
+        if int(width) < 1:
+            raise ConfigError(f"resnet18 width={width}; expected an integer >= 1.")
+        self.stem = nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=False), make_norm(norm, width),
+                                  nn.ReLU(inplace=True))
+        blocks: list[nn.Module] = []
+        cin = width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            for j in range(2):
+                stride = 2 if (i > 0 and j == 0 and min(h, w) >= 2) else 1
+                if stride == 2:
+                    h, w = (h + 1) // 2, (w + 1) // 2
+                blocks.append(_BasicBlock(cin, width * mult, stride, norm))
+                cin = width * mult
+        self.layers = nn.Sequential(*blocks)
+        self.embed_dim = cin
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x)).mean(dim=(2, 3))
+
+
+@register_model("resnet18")
+def _resnet18(image_shape, num_classes, **kwargs) -> ResNet18:
+    return ResNet18(image_shape, num_classes, **kwargs)

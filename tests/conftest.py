@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ if ROOT not in sys.path:  # benchmark protocols (benchmarks/subset_protocol.py) 
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+# observers (EDC's teachers) trained by tests are cached in a throw-away folder, never in ~/.cache
+os.environ["EDGECOND_CACHE"] = tempfile.mkdtemp(prefix="edgecond-test-cache-")
 
 
 @pytest.fixture(autouse=True)

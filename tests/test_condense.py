@@ -41,6 +41,8 @@ TINY_METHOD = {
     "herding": {"train_steps": 3, "batch": 16},
     "sdc": {"base": "dm", "coefficient_dtype": "float32"},
     "random": {},
+    "edc": {"observers": [{"model": "convnet-bn", "model_kwargs": {"width": 8}}], "observer_epochs": 60,
+            "class_stat_images": 8},
 }
 
 

@@ -59,6 +59,7 @@ class MultisizeBuffer:
         dtype: str = "float16",
         soft_labels: Any = None,
         soft_label_kind: str = "logits",
+        soft_label_dtype: str = "float32",
         extra: Mapping[str, Any] | None = None,
         accuracy: Any = None,
         recipe: Any = None,
@@ -70,7 +71,7 @@ class MultisizeBuffer:
         ``images[k, r]`` is the rank-``r`` image of class slot ``k`` (rank 0 = the most important).
         ``labels``: class id of each slot (default ``0..K-1``); ``class_names``: one per slot.
         ``soft_labels``: ``[K, N, factor², L]`` (or ``[K, N, L]`` when ``factor == 1``), stored
-        float32, kind ``"logits"`` or ``"probs"``. Float images are clipped to ``[0, 1]``.
+        ``soft_label_dtype`` (float32 | float16), kind ``"logits"`` or ``"probs"``. Float images are clipped to ``[0, 1]``.
         ``recipe``: an :class:`edgecond.recipe.Recipe` (essential key ``recipe``), or None.
         ``coefficients``: ``[K, N, M]`` (``M >= N``) makes a slimmable (SDC, formation ``sdc/1``)
         buffer: ``images`` are then the component codes in ``[0, 1]`` (spec §5.1), stored with
@@ -79,6 +80,7 @@ class MultisizeBuffer:
         return cls._assemble(*_class_major_parts(
             images, labels=labels, class_names=class_names, dataset=dataset, mean=mean, std=std, factor=factor,
             method=method, config=config, dtype=dtype, soft_labels=soft_labels, soft_label_kind=soft_label_kind,
+            soft_label_dtype=soft_label_dtype,
             extra=extra, accuracy=accuracy, recipe=recipe, coefficients=coefficients,
             coefficient_dtype=coefficient_dtype))
 

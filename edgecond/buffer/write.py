@@ -34,6 +34,7 @@ def _class_major_parts(
     dtype: str,
     soft_labels: Any,
     soft_label_kind: str,
+    soft_label_dtype: str = "float32",
     extra: Mapping[str, Any] | None,
     accuracy: Any,
     recipe: Any,
@@ -62,7 +63,8 @@ def _class_major_parts(
     if extra:
         md["extra"] = _canonical(_jsonable(dict(extra), "extra"))
     if soft_labels is not None:
-        arrays["soft_labels"], spec = _soft_labels_array(soft_labels, k, n, factor, soft_label_kind)
+        arrays["soft_labels"], spec = _soft_labels_array(soft_labels, k, n, factor, soft_label_kind,
+                                                          soft_label_dtype)
         specs.append(spec)
         md["soft"] = _canonical({"kind": soft_label_kind})
     if accuracy is not None:
@@ -113,8 +115,10 @@ def _essential_metadata(k: int, c: int, *, labels: Sequence[int] | None, class_n
     return md
 
 
-def _soft_labels_array(soft_labels: Any, k: int, n: int, factor: int, kind: str) -> tuple[np.ndarray, TensorSpec]:
-    """Class-major soft labels ``[K, N, factor², L]`` (or ``[K, N, L]``) -> rank-major float32 and its spec."""
+def _soft_labels_array(soft_labels: Any, k: int, n: int, factor: int, kind: str,
+                       dtype: str = "float32") -> tuple[np.ndarray, TensorSpec]:
+    """Class-major soft labels ``[K, N, factor², L]`` (or ``[K, N, L]``) -> rank-major ``dtype`` (float32 |
+    float16) and its spec."""
     if hasattr(soft_labels, "detach"):
         soft_labels = soft_labels.detach().cpu().numpy()
     s = np.asarray(soft_labels, dtype=np.float32)
@@ -128,8 +132,13 @@ def _soft_labels_array(soft_labels: Any, k: int, n: int, factor: int, kind: str)
         raise ConfigError("soft_labels contain NaN or infinite values.")
     if kind not in _SOFT_KINDS:
         raise ConfigError(f"soft_label_kind must be one of {list(_SOFT_KINDS)}, got {kind!r}.")
-    arr = np.ascontiguousarray(s.transpose(1, 0, 2, 3)).astype("<f4")
-    return arr, TensorSpec("soft_labels", "F32", tuple(int(v) for v in s.shape[:1] + s.shape[2:]))
+    if dtype not in ("float16", "float32"):
+        raise ConfigError(f"soft_label_dtype must be 'float16' or 'float32', got {dtype!r}.")
+    half = dtype == "float16"
+    if half and not np.isfinite(s.astype("<f2")).all():
+        raise ConfigError("soft_labels overflow float16; pass soft_label_dtype='float32'.")
+    arr = np.ascontiguousarray(s.transpose(1, 0, 2, 3)).astype("<f2" if half else "<f4")
+    return arr, TensorSpec("soft_labels", "F16" if half else "F32", tuple(int(v) for v in s.shape[:1] + s.shape[2:]))
 
 
 def _recipe_text(recipe: Any) -> str:

@@ -535,12 +535,16 @@ def _select(cls, mcfg, dataset, config: CondenseConfig, dev, progress: bool, t_s
     return CondenseResult(buf, {}, seconds, float("nan"), images, config)
 
 
-def _initial_pixels(dataset, config: CondenseConfig, init_images) -> torch.Tensor:
-    """``[K, N, C, H, W]`` pixel-space stored images to start from (given, or drawn)."""
+def _initial_pixels(dataset, config: CondenseConfig, init_images, cls=None, mcfg=None, dev=None) -> torch.Tensor:
+    """``[K, N, C, H, W]`` pixel-space stored images to start from (given, the method's own real
+    selection (``select_initial``, EDC), or drawn)."""
     k = dataset.num_classes
     c, h, w = dataset.image_shape
     if init_images is None:
         seed0 = config.seed if config.init_seed is None else config.init_seed
+        select = getattr(cls, "select_initial", None) if config.init == "real" else None  # a method's own (EDC)
+        if select is not None:
+            return select(dataset, config, mcfg, seed=seed0, device=dev).cpu()
         return initial_images(dataset, config.ipc, config.factor, seed=seed0,
                               offset=config.init_offset, init=config.init)
     init_images = torch.as_tensor(init_images).float()
@@ -558,7 +562,7 @@ def _init_run(cls, mcfg, dataset, config: CondenseConfig, dev, *, hooks, init_im
     from .distributed import ClassStreams, Shard
 
     k = dataset.num_classes
-    pixels = _initial_pixels(dataset, config, init_images)
+    pixels = _initial_pixels(dataset, config, init_images, cls, mcfg, dev)
     real = RealData(dataset, dev)
     gen = make_generator(int(config.seed) + 1_000_003)  # CPU: indices, aug draws, model seeds
     make_syn = cls.synthetic_set  # a method's own parameterisation (sdc), declared in base.Method
@@ -571,6 +575,8 @@ def _init_run(cls, mcfg, dataset, config: CondenseConfig, dev, *, hooks, init_im
         hooks = build_hooks(config, k)
     if make_syn is not None:  # sdc: Adam over all factors (U, Σ, V have different scales)
         opt = torch.optim.Adam(list(syn.parameters()), lr=float(getattr(mcfg, "lr", config.lr_img)))
+    elif hasattr(cls, "image_optimizer"):  # a method's own image optimiser (EDC: Adam)
+        opt = cls.image_optimizer([syn.images], config, mcfg)
     else:
         opt = torch.optim.SGD([syn.images], lr=config.lr_img, momentum=config.momentum_img)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
@@ -770,6 +776,9 @@ def _finish(run: _Run, run_seconds: list[float], t_start: float) -> CondenseResu
         buf = sdc_buffer(syn, run.dataset, config, extra)
     else:
         buf = _make_buffer(images, run.dataset, config, extra)
+    finalize = getattr(run.matcher, "finalize_buffer", None)  # optional: e.g. EDC's soft labels
+    if finalize is not None:
+        buf = finalize(buf, run.dataset)
     return CondenseResult(buf, run.history, seconds, spi, images, config)
 
 
