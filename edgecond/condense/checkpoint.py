@@ -31,7 +31,7 @@ import torch
 from ..errors import CondenseError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "flatten_state", "unflatten_state", "CHECKPOINT_FORMAT",
-           "checkpoint_digest", "check_resume_state"]
+           "checkpoint_digest", "check_resume_state", "load_resume_state"]
 
 CHECKPOINT_FORMAT = "edgecond-condense-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: metadata 'digest' over the state and every tensor
@@ -243,3 +243,24 @@ def _check_optimizer_state(opt: Any, shapes: Sequence[tuple[int, ...]], where: s
             if isinstance(val, torch.Tensor) and val.dim() > 0 and tuple(val.shape) not in allowed:
                 raise CondenseError(f"{where}: optimizer {name!r} has shape {list(val.shape)}; expected the "
                                     f"synthetic set's {sorted(list(s) for s in allowed)}. {fix}")
+
+
+def load_resume_state(state, ckpt_path, syn, opt, matcher, hooks, gen, dev) -> None:
+    """Load a validated checkpoint (``check_resume_state``); any failure is a CondenseError naming the part."""
+    parts = (("images", lambda v: syn.images.copy_(v.to(dev))),
+             *((("syn_extra", syn.load_extra_state),) if "syn_extra" in state and hasattr(syn, "load_extra_state")
+               else ()),
+             ("optimizer", opt.load_state_dict),
+             ("matcher", matcher.load_state_dict), ("hooks", hooks.load_state_dict),
+             ("rng", lambda v: gen.set_state(v["main"])))
+    for name, load in parts:
+        try:
+            with torch.no_grad():
+                load(state[name])
+        except CondenseError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CondenseError(
+                f"checkpoint {str(ckpt_path)!r}: its {name!r} state does not fit this run ({type(exc).__name__}: "
+                f"{str(exc)[:200]}). Resume with the settings that wrote it, or delete it to start from scratch."
+            ) from None

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import CondenseError, ConfigError
 from ..registry import Registry
 from ..utils import make_generator, resolve_device
 from .base import EngineHooks, Matcher, Method, SyntheticSet
-from .checkpoint import check_resume_state, load_checkpoint, save_checkpoint
+from .checkpoint import check_resume_state, load_checkpoint, load_resume_state, save_checkpoint
+from .realdata import RealData, initial_images, mosaic  # noqa: F401  (public via engine)
+from .runlog import _Logger
 
 __all__ = [
     "METHODS",
@@ -59,7 +60,7 @@ DTYPES = ("uint8", "float16", "float32")
 LR_IMG_SPACES = ("normalized", "pixel")
 #: modules of this package that are infrastructure, not methods (every other module is imported
 #: by :func:`_ensure_methods`, and registers its methods with :func:`register_method` on import)
-_NOT_METHOD_MODULES = frozenset({"base", "engine", "checkpoint", "presets", "multisize", "independent", "distributed"})
+_NOT_METHOD_MODULES = frozenset({"base", "engine", "checkpoint", "presets", "multisize", "independent", "distributed", "realdata", "runlog"})
 
 
 def register_method(name: str):
@@ -222,111 +223,6 @@ def _validate(config: CondenseConfig, dataset, cls: type[Method]) -> None:
         )
 
 
-# ------------------------------------------------------------------------------------------
-# real data and initialisation
-# ------------------------------------------------------------------------------------------
-
-
-class RealData:
-    """The training split on the device, normalised, with per-class indices and samplers.
-
-    Indices are drawn with a CPU generator (reproducible on every device) and moved over.
-    During :func:`condense` the engine sets ``class_stream`` (``c -> generator``): a class's
-    indices then come from its own stream, whichever worker owns the class, and ``shard``
-    (a :class:`~edgecond.condense.distributed.Shard`) for :meth:`global_mean`.
-    """
-
-    class_stream: Any = None
-    shard: Any = None
-
-    def __init__(self, dataset, device: torch.device) -> None:
-        self.dataset = dataset
-        self.device = device
-        # dataset.normalize's (x - mean) / std in place on one copy: the same numbers without a
-        # second full-size temporary (it set the peak RSS of a CIFAR-10 condensation)
-        x = dataset.x_train.to(device=device, dtype=torch.float32, copy=True)
-        mean = torch.tensor(dataset.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(dataset.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        self.x = x.sub_(mean).div_(std)
-        self.y = dataset.y_train.long().to(device)
-        self.class_idx = [idx.cpu() for idx in dataset.class_indices()]
-        self.num_classes = dataset.num_classes
-        self.image_shape = dataset.image_shape
-        for c, idx in enumerate(self.class_idx):
-            if len(idx) == 0:
-                raise CondenseError(
-                    f"class {c} ({dataset.class_names[c]!r}) of {dataset.name!r} has no training images; "
-                    "every class needs at least one."
-                )
-
-    def class_indices(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        idx = self.class_idx[c]
-        if self.class_stream is not None:
-            generator = self.class_stream(c)
-        perm = torch.randperm(len(idx), generator=generator)[: min(n, len(idx))]
-        return idx[perm]
-
-    def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``min(n, |class c|)`` random normalised images of class ``c`` (no replacement)."""
-        return self.x[self.class_indices(c, n, generator).to(self.device)]
-
-    def sample_classes(self, classes: Sequence[int], n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
-        """Real batches of several classes concatenated, and the batch size of each class."""
-        parts = [self.class_indices(c, n, generator) for c in classes]
-        idx = torch.cat(parts).to(self.device)
-        return self.x[idx], [len(p) for p in parts]
-
-    def global_mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean of ``values`` over the rows of every worker (a matcher sees only its own classes'
-        rows of a class group when classes are sharded); ``values.mean()`` in one process."""
-        if self.shard is None:
-            return values.float().mean()
-        return self.shard.global_mean(values)
-
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random batch of ``n`` images of all classes (no replacement) and their labels."""
-        idx = torch.randperm(len(self.y), generator=generator)[: min(n, len(self.y))].to(self.device)
-        return self.x[idx], self.y[idx]
-
-
-def mosaic(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """IDC init: ``[M*f², C, H, W]`` → ``[M, C, H, W]``, each f×f grid of downsampled images.
-
-    Tile ``(a, b)`` of output ``i`` is input ``i*f² + a*f + b`` area-downsampled, so
-    :func:`~edgecond.formation.decode_torch` gives back (blurred) the input images in order.
-    """
-    if factor == 1:
-        return images
-    n, c, h, w = images.shape
-    m = n // (factor * factor)
-    th, tw = h // factor, w // factor
-    small = F.interpolate(images, size=(th, tw), mode="area")
-    t = small.reshape(m, factor, factor, c, th, tw).permute(0, 3, 1, 4, 2, 5)
-    return t.reshape(m, c, h, w).contiguous()
-
-
-def initial_images(dataset, ipc: int, factor: int = 1, *, seed: int = 0, offset: int = 0,
-                   init: str = "real") -> torch.Tensor:
-    """Initial stored images ``[K, ipc, C, H, W]`` in pixel space.
-
-    ``real``: per class, a permutation of its training images drawn from ``seed``; stored image
-    ``i`` uses permutation positions ``offset*ipc*f² + i*f² ...`` (wrapping around when the class
-    is small), mosaicked for ``f > 1``. Different ``offset`` with the same ``seed`` → disjoint
-    initial images (as long as the class is large enough). ``noise``: N(0.5, 0.25²) clamped.
-    """
-    c, h, w = dataset.image_shape
-    gen = make_generator(seed)
-    k = dataset.num_classes
-    if init == "noise":
-        return (0.5 + 0.25 * torch.randn(k, ipc, c, h, w, generator=gen)).clamp(0, 1)
-    need = ipc * factor * factor
-    out = []
-    for idx in dataset.class_indices():
-        perm = idx[torch.randperm(len(idx), generator=gen)]
-        pos = (torch.arange(need) + int(offset) * need) % len(perm)
-        imgs = dataset.x_train[perm[pos]].float()
-        out.append(mosaic(imgs, factor))
-    return torch.stack(out)
 
 
 def image_grad_scale(config: CondenseConfig, syn: SyntheticSet) -> torch.Tensor | None:
@@ -410,85 +306,6 @@ def _make_buffer(images: torch.Tensor, dataset, config: CondenseConfig, extra: d
     )
 
 
-class _Logger:
-    """JSON-lines + optional TensorBoard logging of per-iteration values.
-
-    With TensorBoard and ``images`` (the :class:`SyntheticSet`), the image grid (row = class,
-    column = rank: :func:`edgecond.show.image_grid`) is logged as ``images`` every
-    ``ceil(total / 10)`` outer iterations and at the last one (``IMAGE_LOGS`` pictures per run).
-    """
-
-    IMAGE_LOGS = 10
-
-    def __init__(self, log_path, tensorboard_dir, start: int, *, images=None, total: int = 0) -> None:
-        self.fh = None
-        self.tb = None
-        self.images = images
-        self.total = int(total)
-        self.image_every = max(1, -(-self.total // self.IMAGE_LOGS))
-        if log_path is not None:
-            path = Path(log_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            keep: list[str] = []
-            if start > 0 and path.exists():  # drop lines past the checkpoint we resume from
-                for line in path.read_text().splitlines():
-                    try:
-                        if int(json.loads(line).get("iteration", -1)) < start:
-                            keep.append(line)
-                    except (ValueError, AttributeError):
-                        continue
-            path.write_text("".join(line + "\n" for line in keep))
-            self.fh = open(path, "a", buffering=1)
-        if tensorboard_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=start if start > 0 else None)
-
-    def image_due(self, t: int) -> bool:
-        """Whether iteration ``t`` logs the image grid (with TensorBoard)."""
-        return (t + 1) % self.image_every == 0 or t + 1 == self.total
-
-    def write(self, record: dict) -> None:
-        if self.fh is not None:
-            self.fh.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "iteration" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["iteration"])
-            t = int(record["iteration"])
-            if self.images is not None and self.image_due(t):
-                from ..show import image_grid
-
-                with torch.no_grad():
-                    pixels = self.images.pixel_images().detach().cpu().float().numpy()
-                self.tb.add_image("images", image_grid(pixels), t, dataformats="HWC")
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _load_resume_state(state, ckpt_path, syn, opt, matcher, hooks, gen, dev) -> None:
-    """Load a validated checkpoint (``check_resume_state``); any failure is a CondenseError naming the part."""
-    parts = (("images", lambda v: syn.images.copy_(v.to(dev))),
-             *((("syn_extra", syn.load_extra_state),) if "syn_extra" in state and hasattr(syn, "load_extra_state")
-               else ()),
-             ("optimizer", opt.load_state_dict),
-             ("matcher", matcher.load_state_dict), ("hooks", hooks.load_state_dict),
-             ("rng", lambda v: gen.set_state(v["main"])))
-    for name, load in parts:
-        try:
-            with torch.no_grad():
-                load(state[name])
-        except CondenseError:
-            raise
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            raise CondenseError(
-                f"checkpoint {str(ckpt_path)!r}: its {name!r} state does not fit this run ({type(exc).__name__}: "
-                f"{str(exc)[:200]}). Resume with the settings that wrote it, or delete it to start from scratch."
-            ) from None
 
 
 @dataclass
@@ -605,7 +422,7 @@ def _resume(run: _Run, resume: bool) -> int:
     start = check_resume_state(state, ckpt_path, iterations=config.iterations,
                                images_shape=tuple(syn.images.shape), images_dtype=syn.images.dtype,
                                param_shapes=[tuple(p.shape) for p in syn.parameters()])
-    _load_resume_state(state, ckpt_path, syn, run.opt, run.matcher, run.hooks, run.gen, run.dev)
+    load_resume_state(state, ckpt_path, syn, run.opt, run.matcher, run.hooks, run.gen, run.dev)
     run.history = {key: list(v) for key, v in state["history"].items()}
     log.info("resumed from %s at iteration %d", ckpt_path, start)
     return start

@@ -23,9 +23,14 @@ class IndependentRanks(EngineHooks):
 
     def match(self, matcher: Matcher, syn: SyntheticSet, classes: Sequence[int]) -> list[MatchOutput]:
         start = matcher.gen.get_state()
+        # real batches come from per-class streams during a run (edgecond.condense.distributed.ClassStreams)
+        streams = getattr(getattr(matcher, "real", None), "class_stream", None)
+        saved = {int(c): streams(int(c)).get_state() for c in classes} if streams is not None else {}
         per_rank = []
         for r in range(syn.ipc):
             matcher.gen.set_state(start)  # the same draws for every rank, as N separate runs make
+            for c, state in saved.items():
+                streams(c).set_state(state)
             per_rank.append(matcher.match(syn.ranks(r, r + 1), classes, prefixes=(None,)))
         return [_joined(list(outs)) for outs in zip(*per_rank)]
 
