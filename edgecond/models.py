@@ -162,6 +162,18 @@ def _convnet_bn(image_shape, num_classes, **kwargs) -> ConvNet:
     return ConvNet(image_shape, num_classes, **kwargs)
 
 
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}.")
+
+
+def _set_head(net: nn.Module, blocks: list, width: int, num_classes: int) -> None:
+    """A ResNet's residual stages, embedding width and linear classifier."""
+    net.layers = nn.Sequential(*blocks)
+    net.embed_dim = width
+    net.classifier = nn.Linear(width, num_classes)
+
+
 class _BasicBlockAP(nn.Module):
     """ResNet basic block whose down-sampling is AvgPool2 instead of a strided conv (ResNet-AP)."""
 
@@ -196,8 +208,7 @@ class ResNetAP(_EmbedModel):
                  norm: str = "batch") -> None:
         super().__init__()
         c, h, w = (int(s) for s in image_shape)
-        if norm not in NORMS:
-            raise ConfigError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}.")
+        _check_norm(norm)
         self.stem = nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=False), make_norm(norm, width),
                                   nn.ReLU(inplace=True))
         blocks = []
@@ -208,9 +219,7 @@ class ResNetAP(_EmbedModel):
                 h, w = h // 2, w // 2
             blocks.append(_BasicBlockAP(cin, width * mult, down, norm))
             cin = width * mult
-        self.layers = nn.Sequential(*blocks)
-        self.embed_dim = cin
-        self.classifier = nn.Linear(cin, num_classes)
+        _set_head(self, blocks, cin, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.stem(x))
@@ -275,8 +284,7 @@ class ResNet18(_EmbedModel):
                  norm: str = "batch") -> None:
         super().__init__()
         c, h, w = (int(s) for s in image_shape)
-        if norm not in NORMS:
-            raise ConfigError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}.")
+        _check_norm(norm)
         if int(width) < 1:
             raise ConfigError(f"resnet18 width={width}; expected an integer >= 1.")
         self.stem = nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=False), make_norm(norm, width),
@@ -290,9 +298,7 @@ class ResNet18(_EmbedModel):
                     h, w = (h + 1) // 2, (w + 1) // 2
                 blocks.append(_BasicBlock(cin, width * mult, stride, norm))
                 cin = width * mult
-        self.layers = nn.Sequential(*blocks)
-        self.embed_dim = cin
-        self.classifier = nn.Linear(cin, num_classes)
+        _set_head(self, blocks, cin, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x)).mean(dim=(2, 3))

@@ -64,10 +64,10 @@ class FederatedConfig:
     local_epochs: int = 1
     lr: float = 0.05
     batch_size: int = 32
-    #: "dirichlet" (non-IID, ``dirichlet-alpha``) or "iid"
     #: fraction of the training set held by the server only (it condenses from it); the
     #: clients partition the rest. 0 = the server condenses the clients' data (not federated).
     server_fraction: float = 0.2
+    #: "dirichlet" (non-IID, ``dirichlet-alpha``) or "iid"
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.1
     num_partitions: int = 10
