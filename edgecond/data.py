@@ -547,11 +547,16 @@ def _imagefolder_cache_path(folder: Path) -> Path:
     return cache_dir() / f"imagefolder-{folder.name}-{key}.npz"
 
 
+def _imagefolder_locate(root: Path) -> tuple[str, bool]:
+    """What ``edgecond data`` shows for an imagefolder: a path argument, no download."""
+    return "PATH (a folder with train/ and test/)", True
+
+
 @register_dataset(
     "imagefolder",
     description="your images: PATH/train/<class>/*, PATH/test/<class>/* (png/jpg...); decoded once and cached "
                 "as .npz under $EDGECOND_CACHE",
-    locate=lambda root: ("PATH (a folder with train/ and test/)", True),
+    locate=_imagefolder_locate,
     takes_path=True,
 )
 def _load_imagefolder(arg: str | None, root: Path, download: bool) -> ImageDataset:
