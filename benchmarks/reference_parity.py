@@ -338,9 +338,10 @@ def _append(records_path: Path, rec: dict) -> None:
     print(json.dumps(rec), flush=True)
 
 
-def _sub(args, *extra) -> None:
-    """Run a reference step in a fresh process (its modules parse argv and patch torch)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *extra, "--ref-dir", str(args.ref_dir),
+def _sub(args, *extra, script: str | None = None, flags: tuple = ()) -> None:
+    """Run a reference step in a fresh process (its modules parse argv and patch torch): this
+    script (or ``script``) with ``extra``, ``flags`` and the shared ``--ref-dir``/``--threads``."""
+    cmd = [sys.executable, str(Path(script or __file__).resolve()), *extra, *flags, "--ref-dir", str(args.ref_dir),
            "--threads", str(args.threads)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
     log = Path(args.work) / "logs"

@@ -350,16 +350,8 @@ def _budget_label(args) -> str:
 
 def _sub(args, *extra) -> None:
     """A reference step in a fresh process (the references parse argv and patch torch)."""
-    import subprocess
-
-    cmd = [sys.executable, str(Path(__file__).resolve()), *extra, "--method", args.method,
-           "--ref-dir", str(args.ref_dir), "--data-dir", str(args.data_dir), "--threads", str(args.threads)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
-    log = Path(args.work) / "logs"
-    log.mkdir(parents=True, exist_ok=True)
-    name = "_".join(str(e).replace("/", "-") for e in extra[:4])[-120:]
-    with open(log / f"{name}.log", "w") as fh:
-        subprocess.run(cmd, check=True, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    rp._sub(args, *extra, script=__file__,
+            flags=("--method", args.method, "--data-dir", str(args.data_dir)))
 
 
 def run(args) -> None:
