@@ -253,8 +253,9 @@ def test_edge_flower_and_avalanche_decoders_agree_with_torch(tmp_path):
     from clients.edge.train import load_training_arrays
 
     buf.slice_to(tmp_path / "b.safetensors", 3, provenance=False)
-    manifest = {"dir": tmp_path, "files": {"buffer": "b.safetensors"}, "mean": [0.5] * buf.image_shape[0],
-                "num_classes": buf.num_classes}  # the fields the trainer checks the slice against
+    manifest = {"dir": tmp_path, "files": {"buffer": "b.safetensors"}, "mean": list(buf.meta.mean), "std": list(buf.meta.std),
+                "num_classes": buf.num_classes,
+                "training": {"augment": {}}}  # the fields the trainer checks the slice against
     x, y = load_training_arrays(manifest)
     assert np.abs(x - want[3]).max() <= 1e-6 and len(y) == len(x)
     # Flower client: the prefix cache (full prefix, then a delta) and the arrays client_round trains on
