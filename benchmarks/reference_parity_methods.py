@@ -399,8 +399,8 @@ def run(args) -> None:
             if not res.is_file():
                 _sub(args, "_ref-eval", "--file", str(f), "--seed", str(es), "--result", str(res),
                      "--eval-epochs", str(args.eval_epochs), "--work", str(work / "ref-eval"))
-            acc = json.loads(res.read_text())["acc"]
-            cpu = json.loads(res.read_text()).get("cpu_seconds")
+            result = json.loads(res.read_text())
+            acc, cpu = result["acc"], result.get("cpu_seconds")
         rec = {"key": key, "kind": "eval", "method": args.method, "evaluator": ev, "arm": arm, "budget": b,
                "seed": s, "eval_seed": es, "acc": acc, "seconds": round(time.perf_counter() - t0, 1),
                "cpu_seconds": cpu, "eval_epochs": args.eval_epochs}

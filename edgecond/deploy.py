@@ -348,6 +348,7 @@ class _Bundle:
 
     def manifest_for(self, n: int, buffer_bytes: int, total: int) -> dict[str, Any]:
         facts, config, export = self.facts, self.config, self.export
+        loss = _loss_of(self.buf, config)
         return {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -367,8 +368,8 @@ class _Bundle:
             "num_parameters": export.num_parameters,
             "batch_size": config.batch_size,
             "input_name": "input",
-            "label_name": "targets" if _loss_of(self.buf, config) == "soft" else "labels",
-            "loss": _loss_of(self.buf, config),
+            "label_name": "targets" if loss == "soft" else "labels",
+            "loss": loss,
             "logits_name": "logits",
             "training": self.training,
             "eval_samples": self.eval_n,
